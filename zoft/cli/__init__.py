@@ -1,0 +1,35 @@
+"""The `zoft` command: a thin typer app. Heavy imports (torch, transformers) happen inside commands."""
+
+from __future__ import annotations
+
+import typer
+
+from zoft import __version__
+from zoft.cli.train import train
+
+app = typer.Typer(
+    name="zoft",
+    help="Fine-tune language models with zeroth-order optimization: forward passes only.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command(context_settings={"allow_extra_args": False})(train)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"zoft {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Fine-tune language models with zeroth-order optimization: forward passes only."""
+
+
+def main() -> None:
+    app()

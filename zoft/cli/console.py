@@ -1,0 +1,135 @@
+"""Terminal output: rich progress and tables on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from zoft.engine.report import Reporter
+
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def show_problems(title: str, problems: list[str]) -> None:
+    err_console.print(f"[bold red]error: {title}[/]")
+    for problem in problems:
+        err_console.print(f"  • {problem}", markup=False, soft_wrap=True)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)
+
+
+def step_line(record: dict, total: int, rate: float | None) -> str:
+    parts = [
+        f"step {record['step']}/{total}",
+        f"loss {record['loss']:.4f}",
+        f"g {_fmt(record['proj_grad'])}",
+        f"lr {record['lr']:.2e}",
+    ]
+    if rate:
+        parts.append(f"{rate:.2f} it/s")
+    parts.append(f"mem {record['mem_gib']:.2f} GiB")
+    return " | ".join(parts)
+
+
+def summary_table(summary: dict) -> Table:
+    table = Table(title="zoft run summary", show_header=False, title_justify="left")
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    rows = [
+        ("run directory", summary["run_dir"]),
+        ("steps", str(summary["steps"])),
+        ("dev accuracy before training", pct(summary["zero_shot_dev"])),
+        ("best dev accuracy", f"{pct(summary['best_dev'])} (step {summary['best_step']})"),
+        ("test accuracy before training", pct(summary["zero_shot_test"])),
+        ("test accuracy (best dev checkpoint)", pct(summary["test"])),
+        ("wall time", f"{summary['time_s']:.1f} s"),
+        ("peak memory", f"{summary['peak_mem_gib']:.2f} GiB"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+class PlainReporter(Reporter):
+    """One line per logged step: for logs, CI and pipes."""
+
+    def __init__(self):
+        self.total, self._last = 0, None
+
+    def _rate(self, step: int) -> float | None:
+        now = time.perf_counter()
+        rate = None
+        if self._last is not None and step > self._last[0]:
+            rate = (step - self._last[0]) / (now - self._last[1])
+        self._last = (step, now)
+        return rate
+
+    def start(self, total_steps: int, first_step: int) -> None:
+        self.total, self._last = total_steps, (first_step, time.perf_counter())
+
+    def step(self, record: dict) -> None:
+        console.print(step_line(record, self.total, self._rate(record["step"])), soft_wrap=True)
+
+    def eval(self, record: dict) -> None:
+        console.print(f"eval {record['split']} @ step {record['step']}: accuracy {100 * record['accuracy']:.1f}% "
+                      f"(loss {record['loss']:.4f}, n={record['n']})")
+
+    def message(self, text: str) -> None:
+        console.print(text)
+
+    def finish(self, summary: dict) -> None:
+        console.print(summary_table(summary))
+
+
+class RichReporter(PlainReporter):
+    """A live progress bar (step, loss, it/s, ETA, memory) above the eval lines."""
+
+    def __init__(self):
+        super().__init__()
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+        )
+        self.task = None
+
+    def start(self, total_steps: int, first_step: int) -> None:
+        super().start(total_steps, first_step)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=total_steps, completed=first_step, rate="", info="")
+
+    def step(self, record: dict) -> None:
+        rate = self._rate(record["step"])
+        info = f"loss {record['loss']:.4f}  mem {record['mem_gib']:.2f} GiB"
+        self.progress.update(self.task, completed=record["step"], rate=f"{rate:.1f} it/s" if rate else "", info=info)
+
+    def finish(self, summary: dict) -> None:
+        self.progress.stop()
+        super().finish(summary)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def make_reporter(mode: str) -> Reporter:
+    if mode == "none":
+        return Reporter()
+    if mode == "rich" or (mode == "auto" and sys.stdout.isatty()):
+        return RichReporter()
+    return PlainReporter()

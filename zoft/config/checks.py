@@ -1,0 +1,60 @@
+"""Checks that span keys or touch the file system, run after the types are right."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from zoft.config.schema import Recipe
+
+
+def check_recipe(r: Recipe) -> list[str]:
+    from zoft.data.tasks import TASKS
+    from zoft.models.source import source_problem
+    from zoft.models.tiny import TINY_PREFIX, tiny_spec_problem
+
+    problems: list[str] = []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    need(r.run.seed >= 0, "run.seed: must be >= 0")
+    name = r.model.name_or_path or ""  # a missing one is already reported
+    if name.startswith(TINY_PREFIX):
+        problem = tiny_spec_problem(name)
+        need(problem is None, f"model.name_or_path: {problem}")
+        need(r.model.gguf_file is None, "model.gguf_file: tiny models are built in memory, not read from GGUF")
+    elif name:
+        problem = source_problem(name, r.model.gguf_file)
+        need(problem is None, problem or "")
+    if r.data.task is not None and r.data.task not in TASKS:
+        problems.append(TASKS.unknown(r.data.task, "data.task"))
+    if r.data.path is not None:
+        need(Path(r.data.path).expanduser().exists(), f"data.path: no such file or folder {r.data.path!r}")
+    need(r.data.num_train >= 1, "data.num_train: must be >= 1")
+    need(r.data.num_dev >= 0, "data.num_dev: must be >= 0")
+    need(r.data.num_eval >= 1, "data.num_eval: must be >= 1")
+    need(r.data.max_length >= 8, "data.max_length: must be >= 8")
+    need(r.method.eps > 0, "method.eps: must be > 0")
+    need(r.method.n_queries >= 1, "method.n_queries: must be >= 1")
+    need(r.optim.lr >= 0, "optim.lr: must be >= 0")
+    need(r.optim.weight_decay >= 0, "optim.weight_decay: must be >= 0")
+    need(r.optim.adam_eps > 0, "optim.adam_eps: must be > 0")
+    n_betas = {"sgd": 0, "momentum": 1, "adam": 2}[r.optim.name]
+    if r.optim.betas is not None:
+        need(
+            len(r.optim.betas) == n_betas and n_betas > 0,
+            f"optim.betas: {r.optim.name} takes {n_betas or 'no'} beta(s), got {r.optim.betas}",
+        )
+        need(all(0 <= b < 1 for b in r.optim.betas), "optim.betas: each beta must be in [0, 1)")
+    need(r.train.max_steps >= 1, "train.max_steps: must be >= 1")
+    need(r.train.batch_size >= 1, "train.batch_size: must be >= 1")
+    need(0 <= r.optim.warmup_steps <= r.train.max_steps, "optim.warmup_steps: must be between 0 and train.max_steps")
+    need(r.eval.every >= 0, "eval.every: must be >= 0")
+    need(r.eval.batch_size >= 1, "eval.batch_size: must be >= 1")
+    need(r.checkpoint.every >= 0, "checkpoint.every: must be >= 0")
+    need(r.checkpoint.keep_last >= 1, "checkpoint.keep_last: must be >= 1")
+    need(r.logging.every >= 1, "logging.every: must be >= 1")
+    if r.checkpoint.resume not in (None, "auto"):
+        need(Path(r.checkpoint.resume).expanduser().is_dir(), f"checkpoint.resume: no such run folder {r.checkpoint.resume!r}")
+    return problems

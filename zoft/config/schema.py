@@ -1,0 +1,107 @@
+"""Typed recipe sections. Every field carries its help text; the loader enforces the types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from zoft.config.methods import MethodConfig, MezoConfig
+
+REQUIRED: Any = None  # a field whose metadata says required=True must be given by the recipe
+
+
+def knob(default: Any, help: str, required: bool = False) -> Any:
+    """A dataclass field with its help text (listed in docs/recipes.md)."""
+    return field(default=default, metadata={"help": help, "required": required})
+
+
+@dataclass
+class RunConfig:
+    name: str = knob("zoft-run", "run directory name under run.output_dir")
+    output_dir: str = knob("runs", "folder holding run directories")
+    seed: int = knob(0, "master seed: data sampling, ZO directions, tiny-model init")
+    overwrite: bool = knob(False, "allow starting fresh in a run directory that already holds a run")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = knob(REQUIRED, "HF hub id, local model folder, or tiny:<arch>[-<hidden>x<layers>]", required=True)
+    dtype: Literal["fp32", "bf16", "fp16"] = knob("fp32", "weight dtype")
+    gguf_file: str | None = knob(None, "GGUF file (path, or name inside name_or_path); dequantized on load")
+    device: Literal["auto", "cpu", "cuda"] = knob("auto", "auto = cuda when available, else cpu")
+    trust_remote_code: bool = knob(False, "run model code from the hub; off unless asked for")
+
+
+@dataclass
+class ParamsConfig:
+    mode: Literal["full"] = knob("full", "which parameters ZO trains: full = every weight")
+
+
+@dataclass
+class DataConfig:
+    task: str = knob(REQUIRED, "task name (see docs/tasks.md)", required=True)
+    path: str | None = knob(None, "local folder with <split>.jsonl|csv|parquet files in the hub's field layout")
+    hub_name: str | None = knob(None, "HF hub dataset id; default: the task's own")
+    hub_config: str | None = knob(None, "HF hub dataset config name")
+    num_train: int = knob(1000, "training examples sampled from the train split (MeZO protocol)")
+    num_dev: int = knob(500, "dev examples, sampled from the train split after the training ones")
+    num_eval: int = knob(1000, "test examples sampled from the validation split")
+    seed: int | None = knob(None, "sampling seed; null = run.seed")
+    max_length: int = knob(256, "prompt tokens kept (truncated from the left)")
+    template: str | None = knob(None, "custom prompt with {field} placeholders; null = the task's MeZO template")
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "momentum", "adam"] = knob("sgd", "what is done with the estimate g·Z")
+    lr: float = knob(1e-6, "peak learning rate")
+    weight_decay: float = knob(0.0, "decoupled weight decay, never on 1-D parameters")
+    betas: list[float] | None = knob(None, "momentum: [beta1]; adam: [beta1, beta2]; null = defaults")
+    adam_eps: float = knob(1e-8, "adam denominator epsilon")
+    schedule: Literal["constant", "linear", "cosine"] = knob("constant", "learning-rate schedule after warmup")
+    warmup_steps: int = knob(0, "linear warmup steps")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = knob(1000, "optimizer steps")
+    batch_size: int = knob(16, "examples per step")
+
+
+@dataclass
+class EvalConfig:
+    every: int = knob(0, "dev evaluation every N steps; 0 = only at the end")
+    at_start: bool = knob(True, "evaluate dev before the first step (the zero-shot score)")
+    batch_size: int = knob(32, "examples per eval forward")
+    test: bool = knob(True, "score the test set at the end, with the best dev checkpoint")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = knob(500, "write a checkpoint every N steps (0 = only at the end and on Ctrl-C)")
+    keep_last: int = knob(2, "checkpoints kept besides the best one")
+    resume: str | None = knob(None, "null = fresh run; auto = continue this run's newest complete checkpoint")
+    save_final: bool = knob(True, "save the trained model at the end for from_pretrained")
+
+
+@dataclass
+class LoggingConfig:
+    every: int = knob(10, "log a metrics line every N steps")
+    progress: Literal["auto", "rich", "plain", "none"] = knob("auto", "auto = rich on a terminal, plain lines otherwise")
+
+
+@dataclass
+class Recipe:
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the model", "required": True})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the task and its data", "required": True})
+    run: RunConfig = field(default_factory=RunConfig)
+    params: ParamsConfig = field(default_factory=ParamsConfig)
+    method: MethodConfig = field(default_factory=MezoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+SECTIONS = ("run", "model", "params", "data", "method", "optim", "train", "eval", "checkpoint", "logging")

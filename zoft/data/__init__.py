@@ -1,0 +1,1 @@
+"""Tasks, their templates and data loading (MeZO k-shot protocol)."""

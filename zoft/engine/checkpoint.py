@@ -1,0 +1,108 @@
+"""Atomic checkpoints: written to a temporary folder, completed with DONE, then renamed.
+
+A folder without DONE (a save killed half way) is never resumed from; LATEST names the
+newest complete one but is only a hint: the scan for DONE decides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+TRAINABLE = "trainable.safetensors"
+METHOD_STATE = "method.safetensors"
+STATE = "state.json"
+DONE = "DONE"
+
+
+@dataclass
+class Loaded:
+    step: int
+    state: dict
+    folder: Path
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def save(folder: Path, params, method_state: dict[str, torch.Tensor], state: dict) -> Path:
+    """Write a complete checkpoint at `folder` (replacing an older one of that name)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({name: p.detach().contiguous().cpu() for name, p in params}, tmp / TRAINABLE)
+    save_file({k: v.detach().contiguous().cpu() for k, v in method_state.items()}, tmp / METHOD_STATE)
+    (tmp / STATE).write_text(json.dumps(state, indent=1))
+    (tmp / DONE).write_text("complete\n")
+    _fsync_tree(tmp)
+    if folder.exists():
+        trash = folder.parent / f".old-{folder.name}-{os.getpid()}"
+        folder.rename(trash)
+        tmp.rename(folder)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        tmp.rename(folder)
+    _fsync_dir(folder.parent)
+    return folder
+
+
+def mark_latest(root: Path, folder: Path) -> None:
+    tmp = root / ".LATEST.tmp"
+    tmp.write_text(folder.name + "\n")
+    os.replace(tmp, root / "LATEST")
+
+
+def complete_steps(root: Path) -> list[Path]:
+    """Complete step checkpoints, oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step_*") if (p / DONE).is_file())
+
+
+def newest(root: Path) -> Path | None:
+    steps = complete_steps(root)
+    return steps[-1] if steps else None
+
+
+def prune(root: Path, keep_last: int) -> None:
+    for old in complete_steps(root)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp-*"):  # left by a save that was killed
+        if not stale.name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def load(folder: Path, params, method) -> Loaded:
+    """Copy a checkpoint's tensors into the live parameters and method state."""
+    tensors = load_file(folder / TRAINABLE)
+    missing = [name for name, _ in params if name not in tensors]
+    if missing:
+        raise KeyError(f"{folder}: no tensor for {missing[:3]}")
+    for name, p in params:
+        p.copy_(tensors[name])
+    method.load_state_dict(load_file(folder / METHOD_STATE))
+    state = json.loads((folder / STATE).read_text())
+    return Loaded(step=state["step"], state=state, folder=folder)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

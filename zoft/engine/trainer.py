@@ -1,0 +1,333 @@
+"""The training loop: a validated recipe in, a run directory out. Knows nothing of the CLI."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from zoft import __version__
+from zoft.config.loader import dump_recipe, recipe_to_dict
+from zoft.config.schema import Recipe
+from zoft.data.loading import sample_splits
+from zoft.engine import checkpoint
+from zoft.engine.evaluate import score
+from zoft.engine.memory import peak_memory_gib
+from zoft.engine.objective import Encoded, collate, encode, loss_and_correct
+from zoft.engine.report import Reporter
+from zoft.engine.rng import stream_seed
+from zoft.engine.schedule import lr_at
+from zoft.engine.zo import estimate
+from zoft.errors import ZoftError
+from zoft.methods import METHODS, ZOMethod
+from zoft.models.loading import load_model
+from zoft.tracking.metrics import MetricsLog
+
+# keys that shape the trajectory: a resumed run must not change them
+FROZEN_ON_RESUME = ("run.seed", "model", "params", "data", "method", "optim", "train.batch_size")
+
+
+class Interrupted(Exception):
+    """Ctrl-C (or SIGTERM) stopped the run after writing a checkpoint."""
+
+    def __init__(self, step: int, folder: Path | None):
+        self.step, self.folder = step, folder
+        super().__init__(f"interrupted at step {step}")
+
+
+@dataclass
+class Session:
+    """Everything a recipe builds: the model, its trainable tensors, the method and the data."""
+
+    recipe: Recipe
+    model: torch.nn.Module
+    tokenizer: object
+    params: list[tuple[str, torch.Tensor]]
+    method: ZOMethod
+    train: list[Encoded]
+    dev: list[Encoded]
+    test: list[Encoded]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+
+def build_session(recipe: Recipe) -> Session:
+    seed = recipe.run.seed
+    model, tokenizer = load_model(recipe.model, seed)
+    splits = sample_splits(recipe.data, recipe.data.seed if recipe.data.seed is not None else seed)
+    params = list(model.named_parameters())  # params.mode == full
+    method = METHODS.get(recipe.method.name, "method.name")(params, recipe.method, recipe.optim, seed)
+    enc = lambda examples: encode(tokenizer, examples, recipe.data.max_length)  # noqa: E731
+    return Session(recipe, model, tokenizer, params, method, enc(splits.train), enc(splits.dev), enc(splits.test))
+
+
+class Batcher:
+    """Batch of step t = items [t·B, (t+1)·B) of a stream of seeded per-epoch permutations.
+
+    Stateless: the batch depends on the step alone, so a resumed run sees the same data.
+    """
+
+    def __init__(self, items: list[Encoded], batch_size: int, seed: int):
+        self.items, self.batch_size, self.seed = items, batch_size, seed
+        self._epoch, self._order = -1, np.arange(0)
+
+    def batch(self, step: int) -> list[Encoded]:
+        out = []
+        for position in range(step * self.batch_size, (step + 1) * self.batch_size):
+            epoch, offset = divmod(position, len(self.items))
+            if epoch != self._epoch:
+                rng = np.random.RandomState(stream_seed(self.seed, epoch) % 2**32)
+                self._epoch, self._order = epoch, rng.permutation(len(self.items))
+            out.append(self.items[self._order[offset]])
+        return out
+
+
+def run_dir_of(recipe: Recipe) -> Path:
+    resume = recipe.checkpoint.resume
+    if resume not in (None, "auto"):
+        return Path(resume).expanduser()
+    return Path(recipe.run.output_dir).expanduser() / recipe.run.name
+
+
+def dry_run(recipe: Recipe) -> dict:
+    """Build everything and run one ±ε forward pair on the first batch; write nothing."""
+    session = build_session(recipe)
+    batch = collate(Batcher(session.train, recipe.train.batch_size, recipe.run.seed).batch(0), session.pad_id)
+    batch = batch.to(session.device)
+    est = estimate(session.method, _loss_fn(session.model, batch), 0, recipe.method)
+    return {
+        "trainable_params": sum(p.numel() for _, p in session.params),
+        "train/dev/test": f"{len(session.train)}/{len(session.dev)}/{len(session.test)}",
+        "loss": est.loss,
+        "proj_grad": est.grads,
+        "device": str(session.device),
+    }
+
+
+def _loss_fn(model, batch):
+    def run() -> float:
+        with torch.inference_mode():
+            return float(loss_and_correct(model, batch)[0])
+
+    return run
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, reporter: Reporter | None = None):
+        self.recipe = recipe
+        self.reporter = reporter or Reporter()
+        self.run_dir = run_dir_of(recipe)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.interrupted = False
+
+    # ---- run directory -------------------------------------------------------------------
+    def _prepare_run_dir(self) -> Path | None:
+        """Create or reuse the run directory; the checkpoint to resume from, if any."""
+        recipe, run_dir = self.recipe, self.run_dir
+        resume_from = checkpoint.newest(self.ckpt_root) if recipe.checkpoint.resume else None
+        if resume_from is not None:
+            self._check_resume_config()
+            return resume_from
+        if recipe.checkpoint.resume not in (None, "auto"):
+            raise ZoftError(f"checkpoint.resume: {run_dir} holds no complete checkpoint", title="cannot resume")
+        if (run_dir / "config.yaml").exists() and not (recipe.run.overwrite or recipe.checkpoint.resume == "auto"):
+            raise ZoftError(
+                f"run.name: {run_dir} already holds a run; continue it with checkpoint.resume=auto "
+                "or start over with run.overwrite=true",
+                title="run directory in use",
+            )
+        for stale in ("checkpoints", "eval", "model", "metrics.jsonl", "results.json"):
+            target = run_dir / stale
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return None
+
+    def _check_resume_config(self) -> None:
+        saved_path = self.run_dir / "config.yaml"
+        if not saved_path.exists():
+            return
+        saved, now = _flatten(yaml.safe_load(saved_path.read_text())), _flatten(recipe_to_dict(self.recipe))
+        changed = [
+            f"{key}: the run used {saved.get(key)!r}, the recipe now says {now.get(key)!r}"
+            for key in sorted(set(saved) | set(now))
+            if key.startswith(FROZEN_ON_RESUME) and saved.get(key) != now.get(key)
+        ]
+        if changed:
+            raise ZoftError(changed, title="cannot resume: the recipe changed what the run trains")
+
+    def _write_run_files(self) -> None:
+        (self.run_dir / "config.yaml").write_text(dump_recipe(self.recipe))
+        meta = {
+            "zoft": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        }
+        import transformers
+
+        meta["transformers"] = transformers.__version__
+        (self.run_dir / "meta.json").write_text(json.dumps(meta, indent=1))
+
+    # ---- evaluation and checkpoints ------------------------------------------------------
+    def _evaluate(self, session: Session, split: str, step: int, elapsed: float) -> dict:
+        items = session.dev if split == "dev" else session.test
+        result = score(session.model, items, session.pad_id, self.recipe.eval.batch_size)
+        record = {"step": step, "split": split, **result, "time_s": round(elapsed, 3)}
+        self.metrics.write(record)
+        (self.run_dir / "eval").mkdir(exist_ok=True)
+        (self.run_dir / "eval" / f"{split}_{checkpoint.step_name(step)}.json").write_text(json.dumps(record, indent=1))
+        self.reporter.eval(record)
+        return record
+
+    def _save(self, session: Session, step: int, state: dict, name: str | None = None) -> Path:
+        folder = checkpoint.save(
+            self.ckpt_root / (name or checkpoint.step_name(step)),
+            session.params,
+            session.method.state_dict(),
+            {**state, "step": step},
+        )
+        if name is None:
+            checkpoint.mark_latest(self.ckpt_root, folder)
+            checkpoint.prune(self.ckpt_root, self.recipe.checkpoint.keep_last)
+        return folder
+
+    # ---- the loop ------------------------------------------------------------------------
+    def run(self) -> dict:
+        recipe = self.recipe
+        resume_from = self._prepare_run_dir()
+        session = build_session(recipe)
+        state = {"best_dev": None, "best_step": None, "elapsed_s": 0.0, "zero_shot": {}}
+        start = 0
+        if resume_from is not None:
+            loaded = checkpoint.load(resume_from, session.params, session.method)
+            start, state = loaded.step, {**state, **loaded.state}
+            self.metrics.truncate_after(start)
+            self.reporter.message(f"resumed from {resume_from} (step {start})")
+        self._write_run_files()
+        began = time.perf_counter() - state["elapsed_s"]
+        elapsed = lambda: time.perf_counter() - began  # noqa: E731
+
+        if start == 0 and recipe.eval.at_start:
+            for split in ("dev", "test") if recipe.eval.test else ("dev",):
+                if getattr(session, split):
+                    state["zero_shot"][split] = self._evaluate(session, split, 0, elapsed())["accuracy"]
+
+        batcher = Batcher(session.train, recipe.train.batch_size, recipe.run.seed)
+        self.reporter.start(recipe.train.max_steps, start)
+        previous = self._install_interrupt_handler()
+        try:
+            for step in range(start, recipe.train.max_steps):
+                self._train_step(session, batcher, step, elapsed)
+                done = step + 1
+                if recipe.eval.every and done % recipe.eval.every == 0 and session.dev:
+                    self._track_best(session, state, done, elapsed)
+                if recipe.checkpoint.every and done % recipe.checkpoint.every == 0:
+                    self._save(session, done, {**state, "elapsed_s": elapsed()})
+                if self.interrupted:
+                    folder = self._save(session, done, {**state, "elapsed_s": elapsed()})
+                    raise Interrupted(done, folder)
+        finally:
+            self._restore_interrupt_handler(previous)
+        return self._finish(session, state, elapsed)
+
+    def _train_step(self, session: Session, batcher: Batcher, step: int, elapsed) -> None:
+        recipe = self.recipe
+        batch = collate(batcher.batch(step), session.pad_id).to(session.device)
+        est = estimate(session.method, _loss_fn(session.model, batch), step, recipe.method)
+        lr = lr_at(step, recipe.optim, recipe.train.max_steps)
+        session.method.update(step, est.grads, lr)
+        record = {
+            "step": step + 1,
+            "loss": est.loss,
+            "proj_grad": est.grads[0] if len(est.grads) == 1 else est.grads,
+            "seed": recipe.run.seed,
+            "lr": lr,
+            "mem_gib": round(peak_memory_gib(session.device), 4),
+            "time_s": round(elapsed(), 3),
+        }
+        self.metrics.write(record)
+        if (step + 1) % recipe.logging.every == 0 or step + 1 == recipe.train.max_steps:
+            self.reporter.step(record)
+
+    def _track_best(self, session: Session, state: dict, step: int, elapsed) -> None:
+        accuracy = self._evaluate(session, "dev", step, elapsed())["accuracy"]
+        state["last_dev_step"] = step
+        if state["best_dev"] is None or accuracy > state["best_dev"]:
+            state["best_dev"], state["best_step"] = accuracy, step
+            self._save(session, step, {**state, "elapsed_s": elapsed()}, name="best")
+
+    def _finish(self, session: Session, state: dict, elapsed) -> dict:
+        recipe = self.recipe
+        steps = recipe.train.max_steps
+        if session.dev and state.get("last_dev_step") != steps:
+            self._track_best(session, state, steps, elapsed)
+        latest = checkpoint.newest(self.ckpt_root)
+        if latest is None or latest.name != checkpoint.step_name(steps):
+            self._save(session, steps, {**state, "elapsed_s": elapsed()})
+        best = self.ckpt_root / "best"
+        if (best / checkpoint.DONE).is_file():  # score and keep the weights that did best on dev
+            checkpoint.load(best, session.params, session.method)
+        test = None
+        if recipe.eval.test and session.test:
+            test = self._evaluate(session, "test", state["best_step"] or steps, elapsed())["accuracy"]
+        if recipe.checkpoint.save_final:
+            session.model.save_pretrained(self.run_dir / "model")
+            session.tokenizer.save_pretrained(self.run_dir / "model")
+        summary = {
+            "run_dir": str(self.run_dir),
+            "steps": steps,
+            "zero_shot_dev": state["zero_shot"].get("dev"),
+            "zero_shot_test": state["zero_shot"].get("test"),
+            "best_dev": state["best_dev"],
+            "best_step": state["best_step"],
+            "test": test,
+            "time_s": round(elapsed(), 2),
+            "peak_mem_gib": round(peak_memory_gib(session.device), 3),
+        }
+        (self.run_dir / "results.json").write_text(json.dumps(summary, indent=1))
+        self.reporter.finish(summary)
+        return summary
+
+    # ---- Ctrl-C --------------------------------------------------------------------------
+    def _install_interrupt_handler(self):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def on_signal(signum, frame):
+            if self.interrupted:  # a second Ctrl-C stops at once
+                raise KeyboardInterrupt
+            self.interrupted = True
+            self.reporter.message("stopping: writing a checkpoint after this step (Ctrl-C again to abort)")
+
+        return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def _restore_interrupt_handler(previous) -> None:
+        for sig, handler in (previous or {}).items():
+            signal.signal(sig, handler)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

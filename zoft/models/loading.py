@@ -1,0 +1,54 @@
+"""Build the model and tokenizer a recipe names: tiny built-in, GGUF, local folder or hub id."""
+
+from __future__ import annotations
+
+import torch
+
+from zoft.config.schema import ModelConfig
+from zoft.errors import ZoftError
+from zoft.models.source import local_dir
+from zoft.models.tiny import TINY_PREFIX, build_tiny
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ZoftError("model.device: cuda was asked for but no CUDA GPU is visible", title="no GPU")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def load_model(cfg: ModelConfig, seed: int):
+    """(model in eval mode with no autograd, tokenizer with a pad token) on the chosen device."""
+    device = pick_device(cfg.device)
+    if cfg.name_or_path.startswith(TINY_PREFIX):
+        model, tokenizer = build_tiny(cfg.name_or_path, seed)
+        model = model.to(DTYPES[cfg.dtype])
+    else:
+        model, tokenizer = _from_pretrained(cfg)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    model.requires_grad_(False)
+    return model.to(device).eval(), tokenizer
+
+
+def _from_pretrained(cfg: ModelConfig):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = local_dir(cfg.name_or_path)
+    source = str(folder) if folder is not None else cfg.name_or_path
+    kwargs = dict(trust_remote_code=cfg.trust_remote_code)
+    if cfg.gguf_file:
+        kwargs["gguf_file"] = cfg.gguf_file
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[cfg.dtype], **kwargs)
+    except (OSError, ValueError, ImportError, KeyError) as err:
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise ZoftError(
+            f"model.name_or_path: cannot load {cfg.name_or_path!r}: {first}",
+            title="model not found",
+        ) from None
+    return model, tokenizer

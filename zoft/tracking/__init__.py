@@ -1,0 +1,1 @@
+"""Run records: metrics.jsonl and the run directory layout."""
