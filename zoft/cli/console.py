@@ -79,15 +79,21 @@ class PlainReporter(Reporter):
     def start(self, total_steps: int, first_step: int) -> None:
         self.total, self._last = total_steps, (first_step, time.perf_counter())
 
+    @staticmethod
+    def say(text: str) -> None:
+        """One line, flushed at once so that `tail -f` on a log follows the run."""
+        console.print(text, soft_wrap=True, markup=False)
+        console.file.flush()
+
     def step(self, record: dict) -> None:
-        console.print(step_line(record, self.total, self._rate(record["step"])), soft_wrap=True)
+        self.say(step_line(record, self.total, self._rate(record["step"])))
 
     def eval(self, record: dict) -> None:
-        console.print(f"eval {record['split']} @ step {record['step']}: accuracy {100 * record['accuracy']:.1f}% "
-                      f"(loss {record['loss']:.4f}, n={record['n']})")
+        self.say(f"eval {record['split']} @ step {record['step']}: accuracy {100 * record['accuracy']:.1f}% "
+                 f"(loss {record['loss']:.4f}, n={record['n']})")
 
     def message(self, text: str) -> None:
-        console.print(text)
+        self.say(text)
 
     def finish(self, summary: dict) -> None:
         console.print(summary_table(summary))

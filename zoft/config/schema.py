@@ -25,7 +25,7 @@ class RunConfig:
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = knob(REQUIRED, "HF hub id, local model folder, or tiny:<arch>[-<hidden>x<layers>]", required=True)
+    name_or_path: str = knob(REQUIRED, "HF hub id, local folder, pkg:<package>[/folder], or tiny:<arch>[-<hidden>x<layers>]", required=True)
     dtype: Literal["fp32", "bf16", "fp16"] = knob("fp32", "weight dtype")
     gguf_file: str | None = knob(None, "GGUF file (path, or name inside name_or_path); dequantized on load")
     device: Literal["auto", "cpu", "cuda"] = knob("auto", "auto = cuda when available, else cpu")
@@ -71,7 +71,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     every: int = knob(0, "dev evaluation every N steps; 0 = only at the end")
-    at_start: bool = knob(True, "evaluate dev before the first step (the zero-shot score)")
+    at_start: bool = knob(True, "evaluate dev and test before the first step (the zero-shot scores)")
     batch_size: int = knob(32, "examples per eval forward")
     test: bool = knob(True, "score the test set at the end, with the best dev checkpoint")
 
@@ -80,7 +80,7 @@ class EvalConfig:
 class CheckpointConfig:
     every: int = knob(500, "write a checkpoint every N steps (0 = only at the end and on Ctrl-C)")
     keep_last: int = knob(2, "checkpoints kept besides the best one")
-    resume: str | None = knob(None, "null = fresh run; auto = continue this run's newest complete checkpoint")
+    resume: str | None = knob(None, "null = fresh run; auto = continue this run's newest complete checkpoint (or start); a run folder = continue that run")
     save_final: bool = knob(True, "save the trained model at the end for from_pretrained")
 
 

@@ -40,8 +40,12 @@ class Task:
         return [name for _, name, _, _ in string.Formatter().parse(template or self.template) if name]
 
     def example(self, row: dict, template: str | None = None) -> Example:
-        """Format one row; a missing field is the caller's to report with file and line."""
-        values = {k: str(row[k]).strip() for k in self.fields(template)}
+        """Format one row; a missing field (absent, or null as `datasets` fills it) raises KeyError."""
+        values = {}
+        for key in self.fields(template):
+            if row.get(key) is None:
+                raise KeyError(key)
+            values[key] = str(row[key]).strip()
         return Example((template or self.template).format(**values), self.verbalizer, self.label_of(row))
 
 

@@ -51,4 +51,7 @@ def _from_pretrained(cfg: ModelConfig):
             f"model.name_or_path: cannot load {cfg.name_or_path!r}: {first}",
             title="model not found",
         ) from None
+    if cfg.gguf_file:  # the weights are dequantized now: plain tensors that save_pretrained can write
+        model.hf_quantizer = None
+        model.config.__dict__.pop("quantization_config", None)
     return model, tokenizer

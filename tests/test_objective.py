@@ -1,0 +1,62 @@
+"""Candidate scoring: left-padded batches must score exactly as each row alone, on both archs."""
+
+import pytest
+import torch
+
+from zoft.data.tasks import Example
+from zoft.engine.objective import collate, candidate_scores, encode, loss_and_correct
+from zoft.models.tiny import build_tiny
+
+
+def reference_scores(model, items):
+    """Mean log-prob of each candidate's tokens, one unpadded sequence at a time."""
+    out = []
+    for it in items:
+        row = []
+        for opt in it.options:
+            ids = torch.tensor([it.prompt + opt])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+            n = len(opt)
+            positions = range(len(it.prompt) - 1, len(it.prompt) - 1 + n)
+            row.append(sum(logp[p, ids[0, p + 1]] for p in positions) / n)
+        out.append(torch.stack(row))
+    return out
+
+
+@pytest.mark.parametrize("arch", ["tiny:llama-16x2", "tiny:opt-16x2"])
+def test_padded_batch_scores_equal_unpadded_reference(arch):
+    model, tok = build_tiny(arch, seed=3)
+    model.eval()
+    examples = [
+        Example("the plot was dull . It was", (" terrible", " great"), 0),
+        Example("a much longer sentence about a really wonderful film that we saw . It was", (" terrible", " great"), 1),
+        Example("Suppose it rains Can we infer that", (" Yes", " No", " Maybe but longer"), 2),
+    ]
+    items = encode(tok, examples, max_length=64)
+    assert len(set(len(it.prompt) for it in items)) == 3  # real left padding happens
+    with torch.no_grad():
+        scores = candidate_scores(model, collate(items, tok.pad_token_id))
+        expected = reference_scores(model, items)
+    assert torch.isinf(scores[0, 2]) and torch.isinf(scores[1, 2])  # absent third candidate
+    torch.testing.assert_close(scores[2], expected[2], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(scores[:2, :2], torch.stack(expected[:2]), rtol=1e-4, atol=1e-5)
+
+
+def test_loss_is_candidate_cross_entropy_and_accuracy_is_argmax():
+    model, tok = build_tiny("tiny:llama-16x1", seed=0)
+    examples = [Example(f"film {i} was good . It was", (" terrible", " great"), i % 2) for i in range(6)]
+    batch = collate(encode(tok, examples, 32), tok.pad_token_id)
+    with torch.no_grad():
+        scores = candidate_scores(model, batch)
+        loss, correct = loss_and_correct(model, batch)
+    manual = -torch.log_softmax(scores, -1)[torch.arange(6), batch.labels].mean()
+    torch.testing.assert_close(loss, manual)
+    assert int(correct) == int((scores.argmax(-1) == batch.labels).sum())
+
+
+def test_prompts_are_truncated_from_the_left():
+    _, tok = build_tiny("tiny:llama-16x1", seed=0)
+    long = Example("word " * 100 + "It was", (" great",), 0)
+    (item,) = encode(tok, [long], max_length=10)
+    assert len(item.prompt) == 10
+    assert tok.decode(item.prompt).endswith("It was")

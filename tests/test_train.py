@@ -1,0 +1,154 @@
+"""End to end on CPU: the run directory, exact resume, Ctrl-C, dry runs, and real SST-2 files."""
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from zoft.cli import app
+from zoft.config.loader import recipe_from_dict
+from zoft.engine.trainer import Trainer
+from zoft.errors import ZoftError
+from zoft.tracking.metrics import read_metrics
+
+TRAIN_KEYS = ("step", "loss", "proj_grad", "seed", "lr")
+
+
+def train(recipe: dict) -> dict:
+    return Trainer(recipe_from_dict(copy.deepcopy(recipe))).run()
+
+
+def run_dir(recipe: dict) -> Path:
+    return Path(recipe["run"]["output_dir"]) / recipe["run"]["name"]
+
+
+def train_records(recipe: dict) -> list[dict]:
+    rows = read_metrics(run_dir(recipe) / "metrics.jsonl")
+    return [{k: r[k] for k in TRAIN_KEYS} for r in rows if "split" not in r]
+
+
+def test_run_directory_holds_everything_and_loads_with_from_pretrained(tiny):
+    summary = train(tiny)
+    root = run_dir(tiny)
+    assert yaml.safe_load((root / "config.yaml").read_text())["optim"]["lr"] == 1e-3
+    assert {"zoft", "torch", "transformers"} <= set(json.loads((root / "meta.json").read_text()))
+    records = read_metrics(root / "metrics.jsonl")
+    steps = [r for r in records if "split" not in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
+    assert {"step", "loss", "proj_grad", "seed", "lr", "mem_gib", "time_s"} <= set(steps[0])
+    assert [r["step"] for r in records if r.get("split") == "dev"] == [0, 3, 6]
+    ckpts = root / "checkpoints"
+    assert (ckpts / "LATEST").read_text().strip() == "step_0000006"
+    assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_0000004", "step_0000006"]  # keep_last=2
+    assert all((p / "DONE").is_file() for p in ckpts.glob("step_*")) and (ckpts / "best" / "DONE").is_file()
+    assert (root / "eval" / "test_" f"step_{summary['best_step']:07d}.json").is_file()
+    assert json.loads((root / "results.json").read_text())["test"] == summary["test"]
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(root / "model")
+    tok = AutoTokenizer.from_pretrained(root / "model")
+    assert model(**tok(["the film was great"], return_tensors="pt")).logits.shape[-1] == len(tok)
+
+
+def test_training_moves_the_weights_and_logs_a_finite_loss(tiny):
+    train(tiny)
+    rows = train_records(tiny)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert any(r["proj_grad"] != 0 for r in rows)
+
+
+def test_resumed_run_equals_an_uninterrupted_one_bit_for_bit(tiny, tmp_path):
+    whole = copy.deepcopy(tiny)
+    whole["run"]["name"] = "whole"
+    train(whole)
+
+    split = copy.deepcopy(tiny)
+    split["run"]["name"] = "split"
+    split["train"]["max_steps"] = 3
+    train(split)
+    split["train"]["max_steps"] = 6
+    split["checkpoint"]["resume"] = "auto"
+    train(split)
+
+    assert train_records(split) == train_records(whole)
+    from safetensors.torch import load_file
+
+    a = load_file(run_dir(whole) / "checkpoints" / "step_0000006" / "trainable.safetensors")
+    b = load_file(run_dir(split) / "checkpoints" / "step_0000006" / "trainable.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_adam_state_is_bit_identical(tiny):
+    tiny["optim"] = {"name": "adam", "lr": 1e-3}
+    test_resumed_run_equals_an_uninterrupted_one_bit_for_bit(tiny, None)
+
+
+def test_resume_refuses_a_recipe_that_changes_the_trajectory(tiny):
+    train(tiny)
+    tiny["checkpoint"]["resume"] = "auto"
+    tiny["optim"]["lr"] = 0.5
+    with pytest.raises(ZoftError) as info:
+        train(tiny)
+    assert info.value.problems == ["optim.lr: the run used 0.001, the recipe now says 0.5"]
+
+
+def test_a_used_run_directory_is_not_overwritten_silently(tiny):
+    train(tiny)
+    with pytest.raises(ZoftError, match="already holds a run"):
+        train(tiny)
+    tiny["run"]["overwrite"] = True
+    train(tiny)
+
+
+def test_dry_run_writes_nothing(tiny, tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny))
+    result = CliRunner().invoke(app, ["train", str(path), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "dry run ok" in result.output and "proj_grad" in result.output
+    assert not run_dir(tiny).exists()
+
+
+def test_ctrl_c_writes_a_checkpoint_and_resume_continues_from_it(tiny, tmp_path):
+    tiny["train"]["max_steps"] = 100000
+    tiny["checkpoint"]["every"] = 0
+    tiny["eval"] = {"every": 0, "at_start": False}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny))
+    proc = subprocess.Popen([sys.executable, "-m", "zoft", "train", str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = run_dir(tiny) / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 20):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    latest = (run_dir(tiny) / "checkpoints" / "LATEST").read_text().strip()
+    stopped = int(latest.split("_")[1])
+    assert stopped >= 20 and "interrupted at step" in out
+
+    result = CliRunner().invoke(app, ["train", str(path), f"train.max_steps={stopped + 3}", "checkpoint.resume=auto"])
+    assert result.exit_code == 0, result.output
+    steps = [r["step"] for r in train_records(tiny)]
+    assert steps == list(range(1, stopped + 4))
+
+
+def test_sst2_from_the_shared_files_trains_checkpoints_and_resumes(tiny, shared_data):
+    tiny["data"] = {"task": "sst2", "path": str(shared_data / "sst2"), "num_train": 32, "num_dev": 8, "num_eval": 16}
+    tiny["train"]["max_steps"] = 2
+    summary = train(tiny)
+    assert summary["steps"] == 2 and summary["test"] is not None
+    tiny["train"]["max_steps"] = 4
+    tiny["checkpoint"]["resume"] = "auto"
+    train(tiny)
+    assert [r["step"] for r in train_records(tiny)] == [1, 2, 3, 4]
