@@ -11,6 +11,8 @@ from zoft.config import load_recipe
 from zoft.config.loader import apply_overrides, recipe_from_dict
 from zoft.errors import ZoftError
 
+from conftest import REPO
+
 
 def problems_of(data: dict) -> list[str]:
     with pytest.raises(ZoftError) as info:
@@ -170,8 +172,20 @@ def test_docs_list_every_recipe_key():
     from zoft.config.loader import dotted_keys
     from zoft.config.methods import METHOD_CONFIGS
     from zoft.config.schema import Recipe
-    from conftest import REPO
 
     text = (REPO / "docs" / "recipes.md").read_text()
     keys = dotted_keys(Recipe) + [f"method.{k}" for name in METHOD_CONFIGS for k in dotted_keys(METHOD_CONFIGS.get(name, ""))]
     assert [k for k in keys if f"`{k}`" not in text] == []
+
+
+def test_every_tiny_recipe_trains_through_the_cli(tmp_path):
+    """`zoft train tiny/<method>` works for every method (a few steps each)."""
+    from zoft.config import list_recipes
+
+    tiny_recipes = [n for n in list_recipes() if n.startswith("tiny/")]
+    assert len(tiny_recipes) >= 10
+    for name in tiny_recipes:
+        result = cli(name, f"run.output_dir={tmp_path}", "train.max_steps=3", "eval.every=0",
+                     "data.num_train=16", "data.num_dev=4", "data.num_eval=4", "logging.progress=none")
+        assert result.exit_code == 0, (name, result.output)
+        assert (tmp_path / yaml.safe_load((REPO / "recipes" / f"{name}.yaml").read_text())["run"]["name"] / "results.json").is_file()

@@ -88,8 +88,20 @@ def test_resumed_run_equals_an_uninterrupted_one_bit_for_bit(tiny, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_with_adam_state_is_bit_identical(tiny):
-    tiny["optim"] = {"name": "adam", "lr": 1e-3}
+@pytest.mark.parametrize(
+    "method, optim",
+    [
+        ({"name": "mezo"}, {"name": "adam", "lr": 1e-3}),
+        ({"name": "lozo", "rank": 2, "lazy_interval": 2}, {"name": "momentum", "lr": 1e-3}),
+        ({"name": "subzo", "rank": 2, "update_interval": 2}, {"lr": 1e-3}),
+        ({"name": "tezo", "rank": 2, "refresh_interval": 4}, {"name": "adam", "lr": 1e-3}),
+        ({"name": "adazeta", "max_queries": 3, "query_rate": 1.0}, {"lr": 1e-3}),
+        ({"name": "fo"}, {"name": "adam", "lr": 1e-3}),
+    ],
+    ids=["mezo-adam", "lozo-m", "subzo", "tezo-adam", "adazeta", "fo-adam"],
+)
+def test_resume_keeps_each_methods_state_bit_identical(tiny, method, optim):
+    tiny["method"], tiny["optim"] = method, optim
     test_resumed_run_equals_an_uninterrupted_one_bit_for_bit(tiny, None)
 
 
@@ -152,3 +164,17 @@ def test_sst2_from_the_shared_files_trains_checkpoints_and_resumes(tiny, shared_
     tiny["checkpoint"]["resume"] = "auto"
     train(tiny)
     assert [r["step"] for r in train_records(tiny)] == [1, 2, 3, 4]
+
+
+def test_adazeta_with_a_derived_rate_refuses_a_longer_resume(tiny):
+    tiny["method"] = {"name": "adazeta", "max_queries": 2}
+    tiny["train"]["max_steps"] = 3
+    train(tiny)
+    tiny["train"]["max_steps"] = 6
+    tiny["checkpoint"]["resume"] = "auto"
+    with pytest.raises(ZoftError, match="train.max_steps"):
+        train(tiny)
+    tiny["method"]["query_rate"] = 0.5  # an explicit rate does not depend on max_steps
+    tiny["checkpoint"]["resume"] = None
+    tiny["run"]["overwrite"] = True
+    train(tiny)

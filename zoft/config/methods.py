@@ -3,31 +3,142 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from zoft.registry import Registry
 
+if TYPE_CHECKING:
+    from zoft.config.schema import Recipe
+
 METHOD_CONFIGS: Registry[type] = Registry("method")
+
+
+def knob(default, help: str):
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class MethodConfig:
     """Keys every ZO method shares (SPEC.md: estimators)."""
 
-    name: str = field(default="mezo", metadata={"help": "ZO method"})
-    eps: float = field(default=1e-3, metadata={"help": "perturbation scale ε"})
-    n_queries: int = field(default=1, metadata={"help": "directions averaged per step (q)"})
-    perturbation: Literal["two_side", "one_side"] = field(
-        default="two_side", metadata={"help": "two_side: (L(+ε)−L(−ε))/2ε; one_side: (L(+ε)−L(θ))/ε"}
+    name: str = knob("mezo", "the method: " + "mezo, lozo, subzo, tezo, adazeta, fo")
+    eps: float = knob(1e-3, "perturbation scale ε")
+    perturbation: Literal["two_side", "one_side"] = knob(
+        "two_side", "two_side: (L(+ε)−L(−ε))/2ε; one_side: (L(+ε)−L(θ))/ε"
     )
-    restore: Literal["arithmetic", "copy"] = field(
-        default="arithmetic",
-        metadata={"help": "arithmetic: undo the perturbation in place (no memory, rounding drift of "
-                  "about an ulp); copy: keep a copy of the trainable tensors (bit-exact, +1× their size)"},
+    restore: Literal["arithmetic", "copy"] = knob(
+        "arithmetic",
+        "arithmetic: undo the perturbation in place (no memory, rounding drift of about an ulp); "
+        "copy: keep a copy of the trainable tensors (bit-exact, +1× their size)",
     )
+
+    optimizers = ("sgd", "momentum", "adam")  # what `optim.name` may be with this method
+    frozen_on_resume = ()  # keys beyond the usual ones a resume may not change
+
+    def check(self, recipe: "Recipe") -> list[str]:
+        """Problems of this section, and of its combination with the rest of the recipe."""
+        problems = []
+        if self.eps <= 0:
+            problems.append("method.eps: must be > 0")
+        if recipe.optim.name not in self.optimizers:
+            problems.append(
+                f"optim.name: {self.name} supports {', '.join(self.optimizers)}, not {recipe.optim.name}"
+            )
+        return problems
+
+
+@dataclass
+class FixedQueries(MethodConfig):
+    n_queries: int = knob(1, "directions averaged per step (q)")
+
+    def check(self, recipe):
+        return super().check(recipe) + ([] if self.n_queries >= 1 else ["method.n_queries: must be >= 1"])
 
 
 @METHOD_CONFIGS.register("mezo")
 @dataclass
-class MezoConfig(MethodConfig):
-    """MeZO: a dense Gaussian direction over every trainable parameter."""
+class MezoConfig(FixedQueries):
+    """MeZO: a dense Gaussian direction over every trainable tensor."""
+
+
+@dataclass
+class LowRankConfig(FixedQueries):
+    rank: int = knob(2, "rank r of the direction of every 2-D tensor")
+
+    def check(self, recipe):
+        return super().check(recipe) + ([] if self.rank >= 1 else ["method.rank: must be >= 1"])
+
+
+@METHOD_CONFIGS.register("lozo")
+@dataclass
+class LozoConfig(LowRankConfig):
+    """LOZO: Z = U_t V_kᵀ, V redrawn every `lazy_interval` steps; momentum is LOZO-M."""
+
+    lazy_interval: int = knob(50, "steps between redraws of V (ν)")
+    normalize: bool = knob(True, "update with g·Z/r (unbiased); false = the official code's g·Z")
+    optimizers = ("sgd", "momentum")
+
+    def check(self, recipe):
+        return super().check(recipe) + ([] if self.lazy_interval >= 1 else ["method.lazy_interval: must be >= 1"])
+
+
+@METHOD_CONFIGS.register("subzo")
+@dataclass
+class SubzoConfig(LowRankConfig):
+    """SubZO: Z = sqrt(mn)/r · P S_t Qᵀ with orthonormal P, Q redrawn every `update_interval` steps."""
+
+    rank: int = knob(8, "rank r of the subspace of every 2-D tensor")
+    update_interval: int = knob(2000, "steps between redraws of P and Q")
+    optimizers = ("sgd",)
+
+    def check(self, recipe):
+        return super().check(recipe) + ([] if self.update_interval >= 1 else ["method.update_interval: must be >= 1"])
+
+
+@METHOD_CONFIGS.register("tezo")
+@dataclass
+class TezoConfig(LowRankConfig):
+    """TeZO: Z = U diag(τ_t) Vᵀ with U, V drawn once; momentum and Adam live on τ (2r numbers)."""
+
+    refresh_interval: int = knob(0, "steps between redraws of U and V; 0 = never")
+    normalize: bool = knob(True, "update with g·Z/r (unbiased); false = g·Z")
+
+    def check(self, recipe):
+        return super().check(recipe) + ([] if self.refresh_interval >= 0 else ["method.refresh_interval: must be >= 0"])
+
+
+@METHOD_CONFIGS.register("adazeta")
+@dataclass
+class AdazetaConfig(MethodConfig):
+    """AdaZeta: dense directions with queries per step growing by epoch, Q_k = min(max(⌊β k^α⌋, 1), Q_max)."""
+
+    max_queries: int = knob(15, "Q_max, the cap on queries per step")
+    target_queries: int = knob(20, "queries the uncapped schedule reaches at the last epoch (sets α when query_rate is null)")
+    query_shrink: float = knob(0.85, "β, the schedule's scale")
+    query_rate: float | None = knob(None, "α, the schedule's exponent; null = ln(target_queries/β) / ln(epochs)")
+    optimizers = ("sgd",)
+
+    @property
+    def frozen_on_resume(self) -> tuple[str, ...]:
+        return ("train.max_steps",) if self.query_rate is None else ()  # α is derived from it
+
+    def check(self, recipe):
+        problems = super().check(recipe)
+        if self.max_queries < 1 or self.target_queries < 1:
+            problems.append("method.max_queries: max_queries and target_queries must be >= 1")
+        if self.query_shrink <= 0:
+            problems.append("method.query_shrink: must be > 0")
+        return problems
+
+
+@METHOD_CONFIGS.register("fo")
+@dataclass
+class FirstOrderConfig:
+    """First-order baseline: backpropagation with the chosen torch optimizer (sgd, momentum, adam=AdamW)."""
+
+    name: str = knob("fo", "the method")
+    optimizers = ("sgd", "momentum", "adam")
+    frozen_on_resume = ()
+
+    def check(self, recipe):
+        return []

@@ -61,6 +61,9 @@ class OptimConfig:
     schedule: Literal["constant", "linear", "cosine"] = knob("constant", "learning-rate schedule after warmup")
     warmup_steps: int = knob(0, "linear warmup steps")
 
+    def beta_values(self) -> list[float]:
+        return self.betas or {"momentum": [0.9], "adam": [0.9, 0.999]}.get(self.name, [])
+
 
 @dataclass
 class TrainConfig:

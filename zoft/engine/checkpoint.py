@@ -86,9 +86,10 @@ def load(folder: Path, params, method) -> Loaded:
     missing = [name for name, _ in params if name not in tensors]
     if missing:
         raise KeyError(f"{folder}: no tensor for {missing[:3]}")
-    for name, p in params:
-        p.copy_(tensors[name])
-    method.load_state_dict(load_file(folder / METHOD_STATE))
+    with torch.no_grad():  # first-order runs train leaves that require grad
+        for name, p in params:
+            p.copy_(tensors[name])
+        method.load_state_dict(load_file(folder / METHOD_STATE))
     state = json.loads((folder / STATE).read_text())
     return Loaded(step=state["step"], state=state, folder=folder)
 

@@ -27,6 +27,6 @@ def generator(device: torch.device, *keys: int) -> torch.Generator:
     return gen
 
 
-def gaussian(shape: tuple[int, ...], like: torch.Tensor, *keys: int) -> torch.Tensor:
-    """N(0, 1) noise of `shape` on `like`'s device and dtype, from the stream of `keys`."""
-    return torch.randn(shape, generator=generator(like.device, *keys), device=like.device, dtype=like.dtype)
+def gaussian(shape: tuple[int, ...], like: torch.Tensor, *keys: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """N(0, 1) noise of `shape` on `like`'s device (and dtype unless given), from the stream of `keys`."""
+    return torch.randn(shape, generator=generator(like.device, *keys), device=like.device, dtype=dtype or like.dtype)

@@ -26,9 +26,8 @@ from zoft.engine.objective import Encoded, collate, encode, loss_and_correct
 from zoft.engine.report import Reporter
 from zoft.engine.rng import stream_seed
 from zoft.engine.schedule import lr_at
-from zoft.engine.zo import estimate
 from zoft.errors import ZoftError
-from zoft.methods import METHODS, ZOMethod
+from zoft.methods import METHODS, Method, ZOMethod
 from zoft.models.loading import load_model
 from zoft.tracking.metrics import MetricsLog
 
@@ -52,7 +51,7 @@ class Session:
     model: torch.nn.Module
     tokenizer: object
     params: list[tuple[str, torch.Tensor]]
-    method: ZOMethod
+    method: Method
     train: list[Encoded]
     dev: list[Encoded]
     test: list[Encoded]
@@ -71,7 +70,14 @@ def build_session(recipe: Recipe) -> Session:
     model, tokenizer = load_model(recipe.model, seed)
     splits = sample_splits(recipe.data, recipe.data.seed if recipe.data.seed is not None else seed)
     params = list(model.named_parameters())  # params.mode == full
-    method = METHODS.get(recipe.method.name, "method.name")(params, recipe.method, recipe.optim, seed)
+    method = METHODS.get(recipe.method.name, "method.name")(
+        params,
+        recipe.method,
+        recipe.optim,
+        seed,
+        steps_per_epoch=max(1, -(-len(splits.train) // recipe.train.batch_size)),
+        max_steps=recipe.train.max_steps,
+    )
     enc = lambda examples: encode(tokenizer, examples, recipe.data.max_length)  # noqa: E731
     return Session(recipe, model, tokenizer, params, method, enc(splits.train), enc(splits.dev), enc(splits.test))
 
@@ -109,22 +115,24 @@ def dry_run(recipe: Recipe) -> dict:
     session = build_session(recipe)
     batch = collate(Batcher(session.train, recipe.train.batch_size, recipe.run.seed).batch(0), session.pad_id)
     batch = batch.to(session.device)
-    est = estimate(session.method, _loss_fn(session.model, batch), 0, recipe.method)
+    loss_fn = _loss_fn(session.model, batch)
+    if isinstance(session.method, ZOMethod):
+        result = session.method.estimate(loss_fn, 0)  # perturbs and restores: no update
+        loss, grads = result.loss, result.grads
+    else:
+        with torch.inference_mode():
+            loss, grads = float(loss_fn()), []
     return {
         "trainable_params": sum(p.numel() for _, p in session.params),
         "train/dev/test": f"{len(session.train)}/{len(session.dev)}/{len(session.test)}",
-        "loss": est.loss,
-        "proj_grad": est.grads,
+        "loss": loss,
+        "proj_grad": grads,
         "device": str(session.device),
     }
 
 
 def _loss_fn(model, batch):
-    def run() -> float:
-        with torch.inference_mode():
-            return float(loss_and_correct(model, batch)[0])
-
-    return run
+    return lambda: loss_and_correct(model, batch)[0]
 
 
 class Trainer:
@@ -166,7 +174,7 @@ class Trainer:
         changed = [
             f"{key}: the run used {saved.get(key)!r}, the recipe now says {now.get(key)!r}"
             for key in sorted(set(saved) | set(now))
-            if key.startswith(FROZEN_ON_RESUME) and saved.get(key) != now.get(key)
+            if key.startswith(FROZEN_ON_RESUME + self.recipe.method.frozen_on_resume) and saved.get(key) != now.get(key)
         ]
         if changed:
             raise ZoftError(changed, title="cannot resume: the recipe changed what the run trains")
@@ -249,13 +257,13 @@ class Trainer:
     def _train_step(self, session: Session, batcher: Batcher, step: int, elapsed) -> None:
         recipe = self.recipe
         batch = collate(batcher.batch(step), session.pad_id).to(session.device)
-        est = estimate(session.method, _loss_fn(session.model, batch), step, recipe.method)
         lr = lr_at(step, recipe.optim, recipe.train.max_steps)
-        session.method.update(step, est.grads, lr)
+        result = session.method.step(_loss_fn(session.model, batch), step, lr)
         record = {
             "step": step + 1,
-            "loss": est.loss,
-            "proj_grad": est.grads[0] if len(est.grads) == 1 else est.grads,
+            "loss": result.loss,
+            "proj_grad": result.grads[0] if len(result.grads) == 1 else (result.grads or None),
+            "queries": len(result.grads),
             "seed": recipe.run.seed,
             "lr": lr,
             "mem_gib": round(peak_memory_gib(session.device), 4),

@@ -1,34 +1,104 @@
-"""The interface every ZO method implements: pure tensor math, no I/O, no knowledge of the trainer."""
+"""The interfaces every method implements: pure tensor math, no I/O, no knowledge of the trainer."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 
-from zoft.config.methods import MethodConfig
 from zoft.config.schema import OptimConfig
 from zoft.engine.rng import DIRECTION, gaussian
 from zoft.registry import Registry
 
-METHODS: Registry[type["ZOMethod"]] = Registry("method")
-
 Named = list[tuple[str, torch.Tensor]]
+LossFn = Callable[[], torch.Tensor]  # the loss of the current batch at the current weights
 
 
-class ZOMethod(ABC):
-    """Perturbs the trainable tensors in place along regenerable directions and applies updates.
+@dataclass
+class StepResult:
+    loss: float  # around θ: mean of L(θ±εZ) (two_side), L(θ) (one_side or first-order)
+    grads: list[float]  # projected gradient per query (empty for first-order)
 
-    The trainer calls `perturb(step, query, +1)`, evaluates, `perturb(step, query, -2)`,
-    evaluates, restores, then `update(step, grads, lr)` with one projected gradient per query.
-    """
 
-    def __init__(self, params: Named, cfg: MethodConfig, optim: OptimConfig, seed: int):
+class Method(ABC):
+    """One training step over a list of named trainable tensors, and the state to checkpoint."""
+
+    def __init__(self, params: Named, cfg, optim: OptimConfig, seed: int, steps_per_epoch: int = 1, max_steps: int = 1):
         self.params = params
         self.cfg = cfg
         self.optim = optim
         self.seed = seed
+        self.steps_per_epoch = steps_per_epoch
+        self.max_steps = max_steps
+
+    @abstractmethod
+    def step(self, loss_fn: LossFn, step: int, lr: float) -> StepResult: ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors kept between steps (empty for stateless methods)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        own = self.state_dict()
+        missing = set(own) - set(state)
+        if missing:
+            raise KeyError(f"checkpoint lacks method state {sorted(missing)[:3]}")
+        for key, tensor in own.items():
+            tensor.copy_(state[key])
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+class DenseMoments:
+    """Full-size momentum (m) or Adam (m, v) buffers for tensors updated along dense directions."""
+
+    def __init__(self, optim: OptimConfig, params: Named):
+        self.optim = optim
+        self.buffers: dict[str, torch.Tensor] = {}
+        if optim.name in ("momentum", "adam"):
+            for name, p in params:
+                self.buffers[f"m.{name}"] = torch.zeros_like(p)
+                if optim.name == "adam":
+                    self.buffers[f"v.{name}"] = torch.zeros_like(p)
+
+    def apply(self, name: str, p: torch.Tensor, estimate: torch.Tensor, lr: float, step: int) -> None:
+        """p ← p − η·(m) for momentum, p ← p − η·m̂/(√v̂+δ) for Adam (bias-corrected, t = step + 1)."""
+        betas = self.optim.beta_values()
+        m = self.buffers[f"m.{name}"]
+        m.mul_(betas[0]).add_(estimate, alpha=1 - betas[0])
+        if self.optim.name == "momentum":
+            p.add_(m, alpha=-lr)
+            return
+        v = self.buffers[f"v.{name}"]
+        v.mul_(betas[1]).addcmul_(estimate, estimate, value=1 - betas[1])
+        t = step + 1
+        denom = (v / (1 - betas[1] ** t)).sqrt_().add_(self.optim.adam_eps)
+        p.addcdiv_(m, denom, value=-lr / (1 - betas[0] ** t))
+
+
+class ZOMethod(Method):
+    """A zeroth-order method: in-place perturbations along regenerable directions, then an update.
+
+    Subclasses say what a direction is (`perturb`) and what is done with the projected gradients
+    (`update`); `step` is the same finite-difference procedure for all of them. Tensors for which
+    `is_dense` holds (all of them for MeZO, the 1-D ones for low-rank methods) take a dense z.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.moments = DenseMoments(self.optim, [(n, p) for n, p in self.params if self.is_dense(p)])
+
+    def is_dense(self, p: torch.Tensor) -> bool:
+        return True
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.moments.buffers)
+
+    def queries(self, step: int) -> int:
+        return self.cfg.n_queries
 
     def dense(self, index: int, p: torch.Tensor, step: int, query: int) -> torch.Tensor:
         """The dense Gaussian direction of parameter `index` (also used for 1-D tensors by all methods)."""
@@ -42,19 +112,64 @@ class ZOMethod(ABC):
     def update(self, step: int, grads: Sequence[float], lr: float) -> None:
         """Apply the update for the projected gradients of this step's queries."""
 
+    def perturb_dense(self, index: int, p: torch.Tensor, step: int, query: int, scale: float) -> None:
+        p.add_(self.dense(index, p, step, query), alpha=scale * self.cfg.eps)
+
+    def update_dense(self, index: int, name: str, p: torch.Tensor, step: int, grads: Sequence[float], lr: float) -> None:
+        """SGD adds each query's regenerated z (no accumulator); momentum/Adam use full-size buffers."""
+        self.decay(p, lr)
+        if self.optim.name == "sgd":
+            for query, g in enumerate(grads):
+                p.add_(self.dense(index, p, step, query), alpha=-lr * g / len(grads))
+            return
+        estimate = torch.zeros_like(p)
+        for query, g in enumerate(grads):
+            estimate.add_(self.dense(index, p, step, query), alpha=g / len(grads))
+        self.moments.apply(name, p, estimate, lr, step)
+
     def decay(self, p: torch.Tensor, lr: float) -> None:
         """Decoupled weight decay θ ← θ − η λ θ, skipped on 1-D tensors (biases, norms)."""
         if self.optim.weight_decay and p.ndim > 1:
             p.mul_(1 - lr * self.optim.weight_decay)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Tensors kept between steps (empty for stateless methods)."""
-        return {}
+    def step(self, loss_fn: LossFn, step: int, lr: float) -> StepResult:
+        result = self.estimate(loss_fn, step)
+        self.update(step, result.grads, lr)
+        return result
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        own = self.state_dict()
-        missing = set(own) - set(state)
-        if missing:
-            raise KeyError(f"checkpoint lacks method state {sorted(missing)[:3]}")
-        for key, tensor in own.items():
-            tensor.copy_(state[key])
+    def estimate(self, loss_fn: LossFn, step: int) -> StepResult:
+        """Perturb, evaluate and restore for each query; the weights are left as they were."""
+        cfg = self.cfg
+        snapshot = [p.detach().clone() for _, p in self.params] if cfg.restore == "copy" else None
+
+        def loss() -> float:
+            with torch.inference_mode():
+                return float(loss_fn())
+
+        def restore(query: int, scale: float) -> None:
+            if snapshot is None:
+                self.perturb(step, query, scale)
+            else:
+                for (_, p), saved in zip(self.params, snapshot):
+                    p.copy_(saved)
+
+        grads, losses = [], []
+        base = loss() if cfg.perturbation == "one_side" else None
+        for query in range(self.queries(step)):
+            self.perturb(step, query, +1.0)
+            plus = loss()
+            if base is not None:
+                restore(query, -1.0)
+                grads.append((plus - base) / cfg.eps)
+                continue
+            self.perturb(step, query, -2.0)
+            minus = loss()
+            restore(query, +1.0)
+            grads.append((plus - minus) / (2 * cfg.eps))
+            losses.append((plus + minus) / 2)
+        return StepResult(base if base is not None else sum(losses) / len(losses), grads)
+
+
+def matrix(p: torch.Tensor) -> torch.Tensor:
+    """A 2-D view (rows, everything else) of a tensor with two or more dimensions."""
+    return p.view(p.shape[0], -1)

@@ -1,0 +1,43 @@
+"""Every method, through the real model and objective, lowers the loss of a fixed batch."""
+
+import copy
+
+import pytest
+import torch
+
+from zoft.config.loader import recipe_from_dict
+from zoft.engine.objective import collate
+from zoft.engine.trainer import _loss_fn, build_session
+
+# name: (method section, optim section, steps)
+SETTINGS = {
+    "mezo": ({"name": "mezo"}, {"lr": 5e-3}, 300),
+    "mezo-adam": ({"name": "mezo"}, {"name": "adam", "lr": 2e-3}, 300),
+    "lozo": ({"name": "lozo", "rank": 2, "lazy_interval": 10}, {"lr": 1e-2}, 300),
+    "lozo-m": ({"name": "lozo", "rank": 2, "lazy_interval": 10}, {"name": "momentum", "lr": 5e-3}, 300),
+    "subzo": ({"name": "subzo", "rank": 4, "update_interval": 20}, {"lr": 5e-3}, 300),
+    "tezo": ({"name": "tezo", "rank": 4, "refresh_interval": 20}, {"lr": 1e-2}, 300),
+    "tezo-m": ({"name": "tezo", "rank": 4, "refresh_interval": 20}, {"name": "momentum", "lr": 5e-3}, 300),
+    "tezo-adam": ({"name": "tezo", "rank": 4, "refresh_interval": 20}, {"name": "adam", "lr": 2e-3}, 300),
+    "adazeta": ({"name": "adazeta", "max_queries": 3}, {"lr": 5e-3}, 150),
+    "fo": ({"name": "fo"}, {"name": "adam", "lr": 1e-2}, 30),
+}
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+def test_method_lowers_the_loss_of_a_fixed_batch(name, tiny):
+    method, optim, steps = SETTINGS[name]
+    recipe = copy.deepcopy(tiny)
+    recipe["method"], recipe["optim"] = method, optim
+    recipe["data"] = {"task": "toy_sentiment", "num_train": 8, "num_dev": 0, "num_eval": 1}
+    recipe["train"] = {"max_steps": steps, "batch_size": 8}
+    session = build_session(recipe_from_dict(recipe))
+    batch = collate(session.train, session.pad_id)
+    loss_fn = _loss_fn(session.model, batch)
+    with torch.no_grad():
+        before = float(loss_fn())
+    for step in range(steps):
+        session.method.step(loss_fn, step, session.method.optim.lr)
+    with torch.no_grad():
+        after = float(loss_fn())
+    assert after < before - 0.05, (before, after)

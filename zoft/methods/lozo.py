@@ -1,0 +1,60 @@
+"""LOZO (Chen et al., 2025): Z = U_t V_kᵀ, U fresh each step, V redrawn every `lazy_interval` steps.
+
+V is never stored: it is regenerated from (seed, k, parameter), which also fixes the official
+code's replay mismatch on refresh steps (methods.md §3.3). LOZO-M keeps the m×r momentum N.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from zoft.engine.rng import BASIS, DIRECTION, gaussian
+from zoft.methods.base import METHODS
+from zoft.methods.lowrank import LowRankMethod
+
+
+@METHODS.register("lozo")
+class LOZO(LowRankMethod):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.momentum: dict[str, torch.Tensor] = {}
+        self.momentum_basis = torch.zeros((), dtype=torch.long)  # k of the V that N is expressed against
+        if self.optim.name == "momentum":
+            for name, p in self.params:
+                if not self.is_dense(p):
+                    self.momentum[f"N.{name}"] = torch.zeros(p.shape[0], self.rank(p), dtype=p.dtype, device=p.device)
+
+    def v(self, index: int, w: torch.Tensor, k: int) -> torch.Tensor:
+        return gaussian((w.shape[1], self.rank(w)), w, self.seed, k, index, BASIS)
+
+    def u(self, index: int, w: torch.Tensor, step: int, query: int) -> torch.Tensor:
+        return gaussian((w.shape[0], self.rank(w)), w, self.seed, step, query, index, DIRECTION)
+
+    def perturb_matrix(self, index, w, step, query, alpha):
+        w.addmm_(self.u(index, w, step, query), self.v(index, w, step // self.cfg.lazy_interval).T, alpha=alpha)
+
+    def update_matrix(self, index, name, w, step, grads, lr):
+        k = step // self.cfg.lazy_interval
+        factor = sum(g * self.u(index, w, step, q) for q, g in enumerate(grads)) / len(grads)  # m×r
+        v = self.v(index, w, k)
+        if self.optim.name == "momentum":
+            n_buf = self.momentum[f"N.{name}"]
+            old = int(self.momentum_basis)
+            if old != k:  # carry N into the new basis: N V_oldᵀ V_new / n
+                n_buf.copy_(n_buf @ (self.v(index, w, old).T @ v) / w.shape[1])
+            beta = self.optim.beta_values()[0]
+            n_buf.mul_(beta).add_(factor, alpha=1 - beta)
+            factor = n_buf
+        w.addmm_(factor, v.T, alpha=-lr * self.rank_scale(w))
+
+    def update(self, step: int, grads: Sequence[float], lr: float) -> None:
+        super().update(step, grads, lr)
+        self.momentum_basis.fill_(step // self.cfg.lazy_interval)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = super().state_dict() | self.momentum
+        if self.momentum:
+            state["N.basis"] = self.momentum_basis
+        return state

@@ -1,0 +1,72 @@
+"""TeZO (Sun et al., 2025): Z_t = U diag(τ_t) Vᵀ with U, V drawn once and τ_t ∈ R^r fresh.
+
+Momentum and Adam keep their state on c_t = g_t τ_t: 2r numbers per layer, exact because U and V
+do not move. On a refresh (`refresh_interval`) the moments of the old basis are reset.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from zoft.engine.rng import BASIS, DIRECTION, gaussian
+from zoft.methods.base import METHODS
+from zoft.methods.lowrank import LowRankMethod
+
+
+@METHODS.register("tezo")
+class TeZO(LowRankMethod):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bases: dict[int, tuple[int, torch.Tensor, torch.Tensor]] = {}
+        self.factor_moments: dict[str, torch.Tensor] = {}
+        for name, p in self.params:
+            if not self.is_dense(p) and self.optim.name in ("momentum", "adam"):
+                self.factor_moments[f"m.{name}"] = torch.zeros(self.rank(p), dtype=torch.float32, device=p.device)
+                if self.optim.name == "adam":
+                    self.factor_moments[f"v.{name}"] = torch.zeros(self.rank(p), dtype=torch.float32, device=p.device)
+
+    def period(self, step: int) -> int:
+        return step // self.cfg.refresh_interval if self.cfg.refresh_interval else 0
+
+    def basis(self, index: int, w: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.period(step)
+        cached = self.bases.get(index)
+        if cached is None or cached[0] != k:
+            u = gaussian((w.shape[0], self.rank(w)), w, self.seed, k, index, BASIS, 0)
+            v = gaussian((w.shape[1], self.rank(w)), w, self.seed, k, index, BASIS, 1)
+            cached = (k, u, v)
+            self.bases[index] = cached
+        return cached[1], cached[2]
+
+    def tau(self, index: int, w: torch.Tensor, step: int, query: int) -> torch.Tensor:
+        return gaussian((self.rank(w),), w, self.seed, step, query, index, DIRECTION)
+
+    def perturb_matrix(self, index, w, step, query, alpha):
+        u, v = self.basis(index, w, step)
+        w.addmm_(u * self.tau(index, w, step, query), v.T, alpha=alpha)
+
+    def update_matrix(self, index, name, w, step, grads, lr):
+        u, v = self.basis(index, w, step)
+        coeff = sum(g * self.tau(index, w, step, q).float() for q, g in enumerate(grads)) / len(grads)
+        if self.optim.name != "sgd":
+            coeff = self.factor_step(name, coeff, step)
+        w.addmm_(u * coeff.to(w.dtype), v.T, alpha=-lr * self.rank_scale(w))
+
+    def factor_step(self, name: str, c: torch.Tensor, step: int) -> torch.Tensor:
+        """Momentum or Adam on the r coefficients c_t = g_t τ_t; returns the coefficients to apply."""
+        betas = self.optim.beta_values()
+        if self.cfg.refresh_interval and step % self.cfg.refresh_interval == 0 and step > 0:
+            for key in (f"m.{name}", f"v.{name}"):
+                if key in self.factor_moments:
+                    self.factor_moments[key].zero_()
+        m = self.factor_moments[f"m.{name}"]
+        m.mul_(betas[0]).add_(c, alpha=1 - betas[0])
+        if self.optim.name == "momentum":
+            return m
+        v = self.factor_moments[f"v.{name}"]
+        v.mul_(betas[1]).addcmul_(c, c, value=1 - betas[1])
+        t = (step % self.cfg.refresh_interval if self.cfg.refresh_interval else step) + 1
+        return (m / (1 - betas[0] ** t)) / ((v / (1 - betas[1] ** t)).sqrt() + self.optim.adam_eps)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return super().state_dict() | self.factor_moments
