@@ -69,10 +69,10 @@ def test_missing_required_section_and_key(tiny):
 
 def test_unknown_method_and_task_suggest_the_closest(tiny):
     tiny["method"]["name"] = "meso"
-    tiny["data"]["task"] = "sst"
+    tiny["data"]["task"] = "sst-2"
     found = problems_of(tiny)
     assert any("method.name: unknown method 'meso' (did you mean 'mezo'?)" in p for p in found)
-    assert any("data.task: unknown task 'sst' (did you mean 'sst2'?)" in p for p in found)
+    assert any("data.task: unknown task 'sst-2' (did you mean 'sst2'?)" in p for p in found)
 
 
 def test_a_key_of_another_method_is_an_error(tiny):

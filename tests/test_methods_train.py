@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from zoft.config.loader import recipe_from_dict
-from zoft.engine.objective import collate
 from zoft.engine.trainer import _loss_fn, build_session
 
 # name: (method section, optim section, steps)
@@ -32,8 +31,8 @@ def test_method_lowers_the_loss_of_a_fixed_batch(name, tiny):
     recipe["data"] = {"task": "toy_sentiment", "num_train": 8, "num_dev": 0, "num_eval": 1}
     recipe["train"] = {"max_steps": steps, "batch_size": 8}
     session = build_session(recipe_from_dict(recipe))
-    batch = collate(session.train, session.pad_id)
-    loss_fn = _loss_fn(session.model, batch)
+    batch = session.objective.train_batch(session.train, session.pad_id)
+    loss_fn = _loss_fn(session.objective, session.model, batch)
     with torch.no_grad():
         before = float(loss_fn())
     for step in range(steps):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from zoft.data.tasks import Example
-from zoft.engine.objective import collate, candidate_scores, encode, loss_and_correct
+from zoft.engine.objective import OBJECTIVES, candidate_scores, collate, encode
 from zoft.models.tiny import build_tiny
 
 
@@ -32,7 +32,7 @@ def test_padded_batch_scores_equal_unpadded_reference(arch):
         Example("a much longer sentence about a really wonderful film that we saw . It was", (" terrible", " great"), 1),
         Example("Suppose it rains Can we infer that", (" Yes", " No", " Maybe but longer"), 2),
     ]
-    items = encode(tok, examples, max_length=64)
+    items = encode(tok, examples, max_length=64, kind="classify")
     assert len(set(len(it.prompt) for it in items)) == 3  # real left padding happens
     with torch.no_grad():
         scores = candidate_scores(model, collate(items, tok.pad_token_id))
@@ -45,18 +45,21 @@ def test_padded_batch_scores_equal_unpadded_reference(arch):
 def test_loss_is_candidate_cross_entropy_and_accuracy_is_argmax():
     model, tok = build_tiny("tiny:llama-16x1", seed=0)
     examples = [Example(f"film {i} was good . It was", (" terrible", " great"), i % 2) for i in range(6)]
-    batch = collate(encode(tok, examples, 32), tok.pad_token_id)
+    items = encode(tok, examples, 32, "classify")
+    batch = collate(items, tok.pad_token_id)
+    objective = OBJECTIVES["classify"]
     with torch.no_grad():
         scores = candidate_scores(model, batch)
-        loss, correct = loss_and_correct(model, batch)
+        loss = objective.loss(model, batch)
     manual = -torch.log_softmax(scores, -1)[torch.arange(6), batch.labels].mean()
     torch.testing.assert_close(loss, manual)
-    assert int(correct) == int((scores.argmax(-1) == batch.labels).sum())
+    result = objective.evaluate(model, tok, items, batch_size=4)
+    assert result["accuracy"] == float((scores.argmax(-1) == batch.labels).float().mean())
 
 
 def test_prompts_are_truncated_from_the_left():
     _, tok = build_tiny("tiny:llama-16x1", seed=0)
     long = Example("word " * 100 + "It was", (" great",), 0)
-    (item,) = encode(tok, [long], max_length=10)
+    (item,) = encode(tok, [long], max_length=10, kind="classify")
     assert len(item.prompt) == 10
     assert tok.decode(item.prompt).endswith("It was")

@@ -44,16 +44,23 @@ def step_line(record: dict, total: int, rate: float | None) -> str:
     return " | ".join(parts)
 
 
+def metric_text(record: dict) -> str:
+    """'accuracy 73.5%' or 'f1 41.2% exact_match 30.0%' for an evaluation record."""
+    return " ".join(f"{k} {100 * record[k]:.1f}%" for k in ("accuracy", "f1", "exact_match") if k in record)
+
+
 def summary_table(summary: dict) -> Table:
     table = Table(title="zoft run summary", show_header=False, title_justify="left")
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    metric = summary["metric"]
     rows = [
         ("run directory", summary["run_dir"]),
+        ("task", summary["task"]),
         ("steps", str(summary["steps"])),
-        ("dev accuracy before training", pct(summary["zero_shot_dev"])),
-        ("best dev accuracy", f"{pct(summary['best_dev'])} (step {summary['best_step']})"),
-        ("test accuracy before training", pct(summary["zero_shot_test"])),
-        ("test accuracy (best dev checkpoint)", pct(summary["test"])),
+        (f"dev {metric} before training", pct(summary["zero_shot_dev"])),
+        (f"best dev {metric}", f"{pct(summary['best_dev'])} (step {summary['best_step']})"),
+        (f"test {metric} before training", pct(summary["zero_shot_test"])),
+        (f"test {metric} (best dev checkpoint)", pct(summary["test"])),
         ("wall time", f"{summary['time_s']:.1f} s"),
         ("peak memory", f"{summary['peak_mem_gib']:.2f} GiB"),
     ]
@@ -89,7 +96,7 @@ class PlainReporter(Reporter):
         self.say(step_line(record, self.total, self._rate(record["step"])))
 
     def eval(self, record: dict) -> None:
-        self.say(f"eval {record['split']} @ step {record['step']}: accuracy {100 * record['accuracy']:.1f}% "
+        self.say(f"eval {record['split']} @ step {record['step']}: {metric_text(record)} "
                  f"(loss {record['loss']:.4f}, n={record['n']})")
 
     def message(self, text: str) -> None:

@@ -29,8 +29,13 @@ def check_recipe(r: Recipe) -> list[str]:
         need(problem is None, problem or "")
     if r.data.task is not None and r.data.task not in TASKS:
         problems.append(TASKS.unknown(r.data.task, "data.task"))
+    elif r.data.task is not None and TASKS.get(r.data.task, "data.task").kind == "encoder":
+        need(r.eval.icl_shots == 0, "eval.icl_shots: encoder tasks (a classification head) take no demonstrations")
+        need(r.data.template is None, "data.template: encoder tasks have no prompt template")
+    need(r.eval.icl_shots >= 0, "eval.icl_shots: must be >= 0")
     if r.data.path is not None:
-        need(Path(r.data.path).expanduser().exists(), f"data.path: no such file or folder {r.data.path!r}")
+        path = r.data.path.replace("{task}", r.data.task or "")
+        need(Path(path).expanduser().exists(), f"data.path: no such file or folder {path!r}")
     need(r.data.num_train >= 1, "data.num_train: must be >= 1")
     need(r.data.num_dev >= 0, "data.num_dev: must be >= 0")
     need(r.data.num_eval >= 1, "data.num_eval: must be >= 1")

@@ -40,7 +40,7 @@ class ParamsConfig:
 @dataclass
 class DataConfig:
     task: str = knob(REQUIRED, "task name (see docs/tasks.md)", required=True)
-    path: str | None = knob(None, "local folder with <split>.jsonl|csv|parquet files in the hub's field layout")
+    path: str | None = knob(None, "local folder with <split>.jsonl|csv|parquet files in the hub's field layout; `{task}` is replaced by the task name")
     hub_name: str | None = knob(None, "HF hub dataset id; default: the task's own")
     hub_config: str | None = knob(None, "HF hub dataset config name")
     num_train: int = knob(1000, "training examples sampled from the train split (MeZO protocol)")
@@ -77,6 +77,7 @@ class EvalConfig:
     at_start: bool = knob(True, "evaluate dev and test before the first step (the zero-shot scores)")
     batch_size: int = knob(32, "examples per eval forward")
     test: bool = knob(True, "score the test set at the end, with the best dev checkpoint")
+    icl_shots: int = knob(0, "in-context demonstrations from the training set before each dev/test prompt (0 = zero-shot)")
 
 
 @dataclass

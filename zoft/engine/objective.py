@@ -1,12 +1,19 @@
-"""Classification as LM scoring: each candidate's mean option-token log-likelihood.
+"""What a task trains on and how it is scored, per task kind (MeZO's protocol).
 
-Training loss = cross-entropy over candidates of those scores (MeZO `train_as_classification`);
-prediction = argmax of the same length-normalised log-likelihood.
+- classify: loss = cross-entropy over candidates of each candidate's mean option-token
+  log-likelihood; metric = accuracy of the argmax of that length-normalised score.
+- choice: loss = LM loss on the gold candidate's tokens only; metric = the same argmax accuracy.
+- generate: loss = LM loss on the gold answer's tokens; metric = SQuAD F1 (and exact match) of
+  greedy decoding (50 new tokens, stopped at a newline).
+- encoder: a sequence-classification head; loss = cross-entropy; metric = accuracy.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import collections
+import re
+import string
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -19,10 +26,16 @@ class Encoded:
     prompt: tuple[int, ...]
     options: tuple[tuple[int, ...], ...]
     label: int
+    answers: tuple[str, ...] = ()
 
 
-def encode(tokenizer, examples: list[Example], max_length: int) -> list[Encoded]:
+def encode(tokenizer, examples: list[Example], max_length: int, kind: str) -> list[Encoded]:
     """Token ids of prompts (left-truncated to `max_length`) and of each candidate."""
+    if kind == "encoder":
+        return [
+            Encoded(tuple(tokenizer(e.prompt, e.pair, truncation=True, max_length=max_length)["input_ids"]), (), e.label)
+            for e in examples
+        ]
     option_ids: dict[str, tuple[int, ...]] = {}
     out = []
     for ex in examples:
@@ -30,7 +43,7 @@ def encode(tokenizer, examples: list[Example], max_length: int) -> list[Encoded]
             if cand not in option_ids:
                 option_ids[cand] = tuple(tokenizer(cand, add_special_tokens=False)["input_ids"])
         prompt = tuple(tokenizer(ex.prompt)["input_ids"])[-max_length:]
-        out.append(Encoded(prompt, tuple(option_ids[c] for c in ex.candidates), ex.label))
+        out.append(Encoded(prompt, tuple(option_ids[c] for c in ex.candidates), ex.label, ex.answers))
     return out
 
 
@@ -67,8 +80,8 @@ def collate(items: list[Encoded], pad_id: int) -> Batch:
     return Batch(input_ids, attention, positions, option_mask, cand_mask, labels)
 
 
-def candidate_scores(model, batch: Batch) -> torch.Tensor:
-    """[examples, candidates] mean log-likelihood of each candidate's tokens (-inf where absent)."""
+def option_logprobs(model, batch: Batch) -> torch.Tensor:
+    """[rows, K] log-probability of each of the last K tokens (mask with `batch.option_mask`)."""
     k = batch.option_mask.shape[1]
     logits = model(
         input_ids=batch.input_ids,
@@ -77,7 +90,12 @@ def candidate_scores(model, batch: Batch) -> torch.Tensor:
         logits_to_keep=k + 1,
     ).logits[:, -k - 1 : -1]
     targets = batch.input_ids[:, -k:]
-    token_lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def candidate_scores(model, batch: Batch) -> torch.Tensor:
+    """[examples, candidates] mean log-likelihood of each candidate's tokens (-inf where absent)."""
+    token_lp = option_logprobs(model, batch)
     mask = batch.option_mask.to(token_lp.dtype)
     per_row = (token_lp * mask).sum(-1) / mask.sum(-1)
     scores = torch.full(batch.candidate_mask.shape, float("-inf"), device=per_row.device)
@@ -85,9 +103,142 @@ def candidate_scores(model, batch: Batch) -> torch.Tensor:
     return scores
 
 
-def loss_and_correct(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean candidate cross-entropy and the number of correct argmax predictions."""
-    scores = candidate_scores(model, batch)
-    loss = F.cross_entropy(scores, batch.labels)
-    correct = (scores.argmax(-1) == batch.labels).sum()
-    return loss, correct
+def gold_only(items: list[Encoded]) -> list[Encoded]:
+    return [replace(it, options=(it.options[it.label],), label=0) for it in items]
+
+
+@dataclass
+class EncoderBatch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device: torch.device) -> "EncoderBatch":
+        return EncoderBatch(*(t.to(device) for t in vars(self).values()))
+
+
+class Objective:
+    """Training batches, the loss, and the evaluation metric of one task kind."""
+
+    metric = "accuracy"
+
+    def train_batch(self, items: list[Encoded], pad_id: int):
+        return collate(items, pad_id)
+
+    def loss(self, model, batch) -> torch.Tensor:
+        return F.cross_entropy(candidate_scores(model, batch), batch.labels)
+
+    def evaluate(self, model, tokenizer, items: list[Encoded], batch_size: int) -> dict:
+        """{metric: value, "loss": mean loss, "n": examples}, without autograd and in eval mode."""
+        device = next(model.parameters()).device
+        correct, loss_sum = 0, 0.0
+        with torch.inference_mode():
+            for start in range(0, len(items), batch_size):
+                chunk = items[start : start + batch_size]
+                right, loss = self.score_chunk(model, chunk, tokenizer.pad_token_id, device)
+                correct += right
+                loss_sum += loss * len(chunk)
+        n = max(1, len(items))
+        return {self.metric: correct / n, "loss": loss_sum / n, "n": len(items)}
+
+    def score_chunk(self, model, chunk: list[Encoded], pad_id: int, device) -> tuple[int, float]:
+        batch = collate(chunk, pad_id).to(device)
+        scores = candidate_scores(model, batch)
+        return int((scores.argmax(-1) == batch.labels).sum()), float(F.cross_entropy(scores, batch.labels))
+
+
+class GoldTokens(Objective):
+    """Multiple choice: trained on the gold candidate's tokens, scored over all candidates."""
+
+    def train_batch(self, items, pad_id):
+        return collate(gold_only(items), pad_id)
+
+    def loss(self, model, batch) -> torch.Tensor:
+        token_lp = option_logprobs(model, batch)
+        mask = batch.option_mask.to(token_lp.dtype)
+        return -(token_lp * mask).sum() / mask.sum()
+
+    def score_chunk(self, model, chunk, pad_id, device):
+        right, _ = super().score_chunk(model, chunk, pad_id, device)
+        return right, float(self.loss(model, self.train_batch(chunk, pad_id).to(device)))
+
+
+class Generation(GoldTokens):
+    """Extractive QA: trained on the gold answer's tokens, scored by greedy decoding."""
+
+    metric = "f1"
+    max_new_tokens = 50
+
+    def evaluate(self, model, tokenizer, items, batch_size):
+        from transformers import GenerationConfig
+
+        device = next(model.parameters()).device
+        newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+        stops = [t for t in (tokenizer.eos_token_id, newline[-1] if len(newline) == 1 else None) if t is not None]
+        config = GenerationConfig(
+            max_new_tokens=self.max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id
+        )
+        f1 = em = loss_sum = 0.0
+        with torch.inference_mode():
+            for start in range(0, len(items), batch_size):
+                chunk = items[start : start + batch_size]
+                length = max(len(it.prompt) for it in chunk)
+                ids = torch.full((len(chunk), length), tokenizer.pad_token_id, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for r, it in enumerate(chunk):
+                    ids[r, length - len(it.prompt) :] = torch.tensor(it.prompt)
+                    mask[r, length - len(it.prompt) :] = 1
+                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+                for it, row in zip(chunk, out[:, length:]):
+                    text = tokenizer.decode(row, skip_special_tokens=True).split("\n")[0]
+                    f1 += max(squad_f1(text, gold) for gold in it.answers)
+                    em += max(float(normalize_answer(text) == normalize_answer(gold)) for gold in it.answers)
+                loss_sum += float(self.loss(model, self.train_batch(chunk, tokenizer.pad_token_id).to(device))) * len(chunk)
+        n = max(1, len(items))
+        return {"f1": f1 / n, "exact_match": em / n, "loss": loss_sum / n, "n": len(items)}
+
+
+class EncoderClassification(Objective):
+    def train_batch(self, items, pad_id):
+        length = max(len(it.prompt) for it in items)
+        ids = torch.full((len(items), length), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, it in enumerate(items):
+            ids[r, : len(it.prompt)] = torch.tensor(it.prompt)
+            mask[r, : len(it.prompt)] = 1
+        return EncoderBatch(ids, mask, torch.tensor([it.label for it in items]))
+
+    def loss(self, model, batch) -> torch.Tensor:
+        return F.cross_entropy(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float(), batch.labels)
+
+    def score_chunk(self, model, chunk, pad_id, device):
+        batch = self.train_batch(chunk, pad_id).to(device)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+        return int((logits.argmax(-1) == batch.labels).sum()), float(F.cross_entropy(logits, batch.labels))
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "classify": Objective(),
+    "choice": GoldTokens(),
+    "generate": Generation(),
+    "encoder": EncoderClassification(),
+}
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def squad_f1(prediction: str, gold: str) -> float:
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    common = collections.Counter(pred) & collections.Counter(ref)
+    same = sum(common.values())
+    if not pred or not ref:
+        return float(pred == ref)
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(ref)
+    return 2 * precision * recall / (precision + recall)

@@ -18,11 +18,11 @@ import yaml
 from zoft import __version__
 from zoft.config.loader import dump_recipe, recipe_to_dict
 from zoft.config.schema import Recipe
-from zoft.data.loading import sample_splits
+from zoft.data.loading import sample_splits, with_demonstrations
+from zoft.data.tasks import TASKS, Task
 from zoft.engine import checkpoint
-from zoft.engine.evaluate import score
 from zoft.engine.memory import peak_memory_gib
-from zoft.engine.objective import Encoded, collate, encode, loss_and_correct
+from zoft.engine.objective import OBJECTIVES, Encoded, Objective, encode
 from zoft.engine.report import Reporter
 from zoft.engine.rng import stream_seed
 from zoft.engine.schedule import lr_at
@@ -48,13 +48,18 @@ class Session:
     """Everything a recipe builds: the model, its trainable tensors, the method and the data."""
 
     recipe: Recipe
+    task: Task
     model: torch.nn.Module
     tokenizer: object
     params: list[tuple[str, torch.Tensor]]
-    method: Method
+    method: Method | None
     train: list[Encoded]
     dev: list[Encoded]
     test: list[Encoded]
+
+    @property
+    def objective(self) -> Objective:
+        return OBJECTIVES[self.task.kind]
 
     @property
     def device(self) -> torch.device:
@@ -65,21 +70,28 @@ class Session:
         return self.tokenizer.pad_token_id
 
 
-def build_session(recipe: Recipe) -> Session:
+def build_session(recipe: Recipe, with_method: bool = True, model_and_tokenizer=None) -> Session:
+    """Model, data and (unless only evaluating) the method that a recipe describes."""
     seed = recipe.run.seed
-    model, tokenizer = load_model(recipe.model, seed)
-    splits = sample_splits(recipe.data, recipe.data.seed if recipe.data.seed is not None else seed)
+    task = TASKS.get(recipe.data.task, "data.task")
+    model, tokenizer = model_and_tokenizer or load_model(recipe.model, seed, task.num_labels)
+    data_seed = recipe.data.seed if recipe.data.seed is not None else seed
+    splits = sample_splits(recipe.data, data_seed)
     params = list(model.named_parameters())  # params.mode == full
-    method = METHODS.get(recipe.method.name, "method.name")(
-        params,
-        recipe.method,
-        recipe.optim,
-        seed,
-        steps_per_epoch=max(1, -(-len(splits.train) // recipe.train.batch_size)),
-        max_steps=recipe.train.max_steps,
-    )
-    enc = lambda examples: encode(tokenizer, examples, recipe.data.max_length)  # noqa: E731
-    return Session(recipe, model, tokenizer, params, method, enc(splits.train), enc(splits.dev), enc(splits.test))
+    method = None
+    if with_method:
+        method = METHODS.get(recipe.method.name, "method.name")(
+            params,
+            recipe.method,
+            recipe.optim,
+            seed,
+            steps_per_epoch=max(1, -(-len(splits.train) // recipe.train.batch_size)),
+            max_steps=recipe.train.max_steps,
+        )
+    shots = recipe.eval.icl_shots
+    enc = lambda examples: encode(tokenizer, examples, recipe.data.max_length, task.kind)  # noqa: E731
+    dev, test = (enc(with_demonstrations(s, splits.train, shots, data_seed)) for s in (splits.dev, splits.test))
+    return Session(recipe, task, model, tokenizer, params, method, enc(splits.train), dev, test)
 
 
 class Batcher:
@@ -113,9 +125,9 @@ def run_dir_of(recipe: Recipe) -> Path:
 def dry_run(recipe: Recipe) -> dict:
     """Build everything and run one ±ε forward pair on the first batch; write nothing."""
     session = build_session(recipe)
-    batch = collate(Batcher(session.train, recipe.train.batch_size, recipe.run.seed).batch(0), session.pad_id)
-    batch = batch.to(session.device)
-    loss_fn = _loss_fn(session.model, batch)
+    items = Batcher(session.train, recipe.train.batch_size, recipe.run.seed).batch(0)
+    batch = session.objective.train_batch(items, session.pad_id).to(session.device)
+    loss_fn = _loss_fn(session.objective, session.model, batch)
     if isinstance(session.method, ZOMethod):
         result = session.method.estimate(loss_fn, 0)  # perturbs and restores: no update
         loss, grads = result.loss, result.grads
@@ -131,8 +143,8 @@ def dry_run(recipe: Recipe) -> dict:
     }
 
 
-def _loss_fn(model, batch):
-    return lambda: loss_and_correct(model, batch)[0]
+def _loss_fn(objective: Objective, model, batch):
+    return lambda: objective.loss(model, batch)
 
 
 class Trainer:
@@ -195,7 +207,7 @@ class Trainer:
     # ---- evaluation and checkpoints ------------------------------------------------------
     def _evaluate(self, session: Session, split: str, step: int, elapsed: float) -> dict:
         items = session.dev if split == "dev" else session.test
-        result = score(session.model, items, session.pad_id, self.recipe.eval.batch_size)
+        result = session.objective.evaluate(session.model, session.tokenizer, items, self.recipe.eval.batch_size)
         record = {"step": step, "split": split, **result, "time_s": round(elapsed, 3)}
         self.metrics.write(record)
         (self.run_dir / "eval").mkdir(exist_ok=True)
@@ -234,7 +246,7 @@ class Trainer:
         if start == 0 and recipe.eval.at_start:
             for split in ("dev", "test") if recipe.eval.test else ("dev",):
                 if getattr(session, split):
-                    state["zero_shot"][split] = self._evaluate(session, split, 0, elapsed())["accuracy"]
+                    state["zero_shot"][split] = self._evaluate(session, split, 0, elapsed())[session.objective.metric]
 
         batcher = Batcher(session.train, recipe.train.batch_size, recipe.run.seed)
         self.reporter.start(recipe.train.max_steps, start)
@@ -256,9 +268,9 @@ class Trainer:
 
     def _train_step(self, session: Session, batcher: Batcher, step: int, elapsed) -> None:
         recipe = self.recipe
-        batch = collate(batcher.batch(step), session.pad_id).to(session.device)
+        batch = session.objective.train_batch(batcher.batch(step), session.pad_id).to(session.device)
         lr = lr_at(step, recipe.optim, recipe.train.max_steps)
-        result = session.method.step(_loss_fn(session.model, batch), step, lr)
+        result = session.method.step(_loss_fn(session.objective, session.model, batch), step, lr)
         record = {
             "step": step + 1,
             "loss": result.loss,
@@ -274,10 +286,10 @@ class Trainer:
             self.reporter.step(record)
 
     def _track_best(self, session: Session, state: dict, step: int, elapsed) -> None:
-        accuracy = self._evaluate(session, "dev", step, elapsed())["accuracy"]
+        score = self._evaluate(session, "dev", step, elapsed())[session.objective.metric]
         state["last_dev_step"] = step
-        if state["best_dev"] is None or accuracy > state["best_dev"]:
-            state["best_dev"], state["best_step"] = accuracy, step
+        if state["best_dev"] is None or score > state["best_dev"]:
+            state["best_dev"], state["best_step"] = score, step
             self._save(session, step, {**state, "elapsed_s": elapsed()}, name="best")
 
     def _finish(self, session: Session, state: dict, elapsed) -> dict:
@@ -293,12 +305,14 @@ class Trainer:
             checkpoint.load(best, session.params, session.method)
         test = None
         if recipe.eval.test and session.test:
-            test = self._evaluate(session, "test", state["best_step"] or steps, elapsed())["accuracy"]
+            test = self._evaluate(session, "test", state["best_step"] or steps, elapsed())[session.objective.metric]
         if recipe.checkpoint.save_final:
             session.model.save_pretrained(self.run_dir / "model")
             session.tokenizer.save_pretrained(self.run_dir / "model")
         summary = {
             "run_dir": str(self.run_dir),
+            "task": recipe.data.task,
+            "metric": session.objective.metric,
             "steps": steps,
             "zero_shot_dev": state["zero_shot"].get("dev"),
             "zero_shot_test": state["zero_shot"].get("test"),

@@ -20,22 +20,25 @@ def pick_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-def load_model(cfg: ModelConfig, seed: int):
-    """(model in eval mode with no autograd, tokenizer with a pad token) on the chosen device."""
+def load_model(cfg: ModelConfig, seed: int, num_labels: int = 0):
+    """(model in eval mode with no autograd, tokenizer with a pad token) on the chosen device.
+
+    `num_labels` > 0 asks for a sequence-classification head (encoder tasks) instead of an LM.
+    """
     device = pick_device(cfg.device)
     if cfg.name_or_path.startswith(TINY_PREFIX):
-        model, tokenizer = build_tiny(cfg.name_or_path, seed)
+        model, tokenizer = build_tiny(cfg.name_or_path, seed, num_labels)
         model = model.to(DTYPES[cfg.dtype])
     else:
-        model, tokenizer = _from_pretrained(cfg)
+        model, tokenizer = _from_pretrained(cfg, seed, num_labels)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.requires_grad_(False)
     return model.to(device).eval(), tokenizer
 
 
-def _from_pretrained(cfg: ModelConfig):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _from_pretrained(cfg: ModelConfig, seed: int, num_labels: int):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     folder = local_dir(cfg.name_or_path)
     source = str(folder) if folder is not None else cfg.name_or_path
@@ -44,7 +47,14 @@ def _from_pretrained(cfg: ModelConfig):
         kwargs["gguf_file"] = cfg.gguf_file
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[cfg.dtype], **kwargs)
+        if num_labels:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)  # the new head's initialisation
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    source, dtype=DTYPES[cfg.dtype], num_labels=num_labels, **kwargs
+                )
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[cfg.dtype], **kwargs)
     except (OSError, ValueError, ImportError, KeyError) as err:
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise ZoftError(

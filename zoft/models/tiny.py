@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 TINY_PREFIX = "tiny:"
-TINY_ARCHS = ("llama", "opt")
+TINY_ARCHS = ("llama", "opt", "bert")  # bert: an encoder with a classification head
 _SPEC = re.compile(r"^tiny:(?P<arch>[a-z0-9_]+)(-(?P<hidden>\d+)x(?P<layers>\d+))?$")
 TOKENIZER_FILE = Path(__file__).with_name("tiny_tokenizer.json")
 
@@ -34,10 +34,17 @@ def tiny_tokenizer():
     )
 
 
-def build_tiny(name: str, seed: int):
+def build_tiny(name: str, seed: int, num_labels: int = 0):
     """A random-init model (seeded, so every process builds the same weights) and its tokenizer."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        LlamaConfig,
+        LlamaForCausalLM,
+        OPTConfig,
+        OPTForCausalLM,
+    )
 
     match = _SPEC.match(name)
     hidden, layers = int(match["hidden"] or 32), int(match["layers"] or 2)
@@ -55,9 +62,12 @@ def build_tiny(name: str, seed: int):
     if match["arch"] == "llama":
         config = LlamaConfig(intermediate_size=2 * hidden, num_key_value_heads=2, **common)
         model_cls = LlamaForCausalLM
-    else:
+    elif match["arch"] == "opt":
         config = OPTConfig(ffn_dim=2 * hidden, word_embed_proj_dim=hidden, **common)
         model_cls = OPTForCausalLM
+    else:
+        config = BertConfig(intermediate_size=2 * hidden, num_labels=max(num_labels, 2), **common)
+        model_cls = BertForSequenceClassification
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_cls(config)
