@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from zoft import __version__
+from zoft.cli.eval import eval_command
 from zoft.cli.train import train
 
 app = typer.Typer(
@@ -15,7 +16,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.command(context_settings={"allow_extra_args": False})(train)
+app.command()(train)
+app.command("eval")(eval_command)
 
 
 def _version(value: bool) -> None:

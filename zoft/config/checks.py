@@ -29,7 +29,9 @@ def check_recipe(r: Recipe) -> list[str]:
         need(problem is None, problem or "")
     if r.data.task is not None and r.data.task not in TASKS:
         problems.append(TASKS.unknown(r.data.task, "data.task"))
-    elif r.data.task is not None and TASKS.get(r.data.task, "data.task").kind == "encoder":
+    elif r.data.task is not None and TASKS.get(r.data.task, "data.task").kind != "encoder":
+        need(not name.startswith("tiny:bert"), f"model.name_or_path: {name} is an encoder; task {r.data.task} needs a causal LM")
+    elif r.data.task is not None:
         need(r.eval.icl_shots == 0, "eval.icl_shots: encoder tasks (a classification head) take no demonstrations")
         need(r.data.template is None, "data.template: encoder tasks have no prompt template")
     need(r.eval.icl_shots >= 0, "eval.icl_shots: must be >= 0")

@@ -72,8 +72,8 @@ def load_rows(task: Task, cfg: DataConfig, split: str) -> tuple[list[dict], str]
     if folder is not None:
         if folder.is_file():
             return _read_file(folder), str(folder)
-        if (folder / HALVES).is_file() and not any((folder / f"{split}{s}").is_file() for s in FORMATS):
-            return _article_half(folder, split, task)
+        if (folder / HALVES).is_file() and not any((folder / f"{task.train_split}{s}").is_file() for s in FORMATS):
+            return _article_half(folder, split, task)  # no train file: both splits from the halves
         file = split_file(folder, split)
         return _read_file(file), str(file)
     hub = cfg.hub_name or task.hub_name

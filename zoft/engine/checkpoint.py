@@ -72,6 +72,25 @@ def newest(root: Path) -> Path | None:
     return steps[-1] if steps else None
 
 
+def find(root: Path, which: str) -> Path:
+    """`latest`, `best`, `step_N` or `N`: a complete checkpoint folder under `root`, else ZoftError."""
+    from zoft.errors import ZoftError
+
+    if which == "latest":
+        folder = newest(root)
+    elif which == "best":
+        folder = root / "best"
+    else:
+        number = which.removeprefix("step_")
+        folder = root / step_name(int(number)) if number.isdigit() else None
+    if folder is None or not (folder / DONE).is_file():
+        have = ", ".join(p.name for p in complete_steps(root)) or "none"
+        best = " and best" if (root / "best" / DONE).is_file() else ""
+        raise ZoftError(f"--checkpoint: no complete {which!r} checkpoint in {root} (complete ones: {have}{best})",
+                        title="checkpoint not found")
+    return folder
+
+
 def prune(root: Path, keep_last: int) -> None:
     for old in complete_steps(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
@@ -80,8 +99,8 @@ def prune(root: Path, keep_last: int) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def load(folder: Path, params, method) -> Loaded:
-    """Copy a checkpoint's tensors into the live parameters and method state."""
+def load_weights(folder: Path, params) -> None:
+    """Copy a checkpoint's trained tensors into the live parameters."""
     tensors = load_file(folder / TRAINABLE)
     missing = [name for name, _ in params if name not in tensors]
     if missing:
@@ -89,6 +108,12 @@ def load(folder: Path, params, method) -> Loaded:
     with torch.no_grad():  # first-order runs train leaves that require grad
         for name, p in params:
             p.copy_(tensors[name])
+
+
+def load(folder: Path, params, method) -> Loaded:
+    """Copy a checkpoint's tensors into the live parameters and method state."""
+    load_weights(folder, params)
+    with torch.no_grad():
         method.load_state_dict(load_file(folder / METHOD_STATE))
     state = json.loads((folder / STATE).read_text())
     return Loaded(step=state["step"], state=state, folder=folder)

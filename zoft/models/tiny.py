@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 TINY_PREFIX = "tiny:"
-TINY_ARCHS = ("llama", "opt", "bert")  # bert: an encoder with a classification head
+TINY_ARCHS = ("llama", "opt", "bert")  # bert is an encoder: encoder (classification-head) tasks only
 _SPEC = re.compile(r"^tiny:(?P<arch>[a-z0-9_]+)(-(?P<hidden>\d+)x(?P<layers>\d+))?$")
 TOKENIZER_FILE = Path(__file__).with_name("tiny_tokenizer.json")
 
@@ -42,8 +42,10 @@ def build_tiny(name: str, seed: int, num_labels: int = 0):
         BertForSequenceClassification,
         LlamaConfig,
         LlamaForCausalLM,
+        LlamaForSequenceClassification,
         OPTConfig,
         OPTForCausalLM,
+        OPTForSequenceClassification,
     )
 
     match = _SPEC.match(name)
@@ -60,13 +62,13 @@ def build_tiny(name: str, seed: int, num_labels: int = 0):
         pad_token_id=tokenizer.pad_token_id,
     )
     if match["arch"] == "llama":
-        config = LlamaConfig(intermediate_size=2 * hidden, num_key_value_heads=2, **common)
-        model_cls = LlamaForCausalLM
+        config = LlamaConfig(intermediate_size=2 * hidden, num_key_value_heads=2, num_labels=num_labels or 2, **common)
+        model_cls = LlamaForSequenceClassification if num_labels else LlamaForCausalLM
     elif match["arch"] == "opt":
-        config = OPTConfig(ffn_dim=2 * hidden, word_embed_proj_dim=hidden, **common)
-        model_cls = OPTForCausalLM
+        config = OPTConfig(ffn_dim=2 * hidden, word_embed_proj_dim=hidden, num_labels=num_labels or 2, **common)
+        model_cls = OPTForSequenceClassification if num_labels else OPTForCausalLM
     else:
-        config = BertConfig(intermediate_size=2 * hidden, num_labels=max(num_labels, 2), **common)
+        config = BertConfig(intermediate_size=2 * hidden, num_labels=num_labels or 2, **common)
         model_cls = BertForSequenceClassification
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
