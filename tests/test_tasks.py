@@ -169,7 +169,7 @@ def test_zoft_eval_runs_cb_copa_squad_on_the_real_files(tmp_path, shared_data):
     result = CliRunner().invoke(app, ["eval", str(recipe), "--tasks", "cb,copa,squad", "--icl", "2"])
     assert result.exit_code == 0, result.output
     for name, metric in (("cb", "accuracy"), ("copa", "accuracy"), ("squad", "f1")):
-        record = json.loads((tmp_path / "runs" / "ev" / "eval" / f"{name}_test_none.json").read_text())
+        record = json.loads((tmp_path / "runs" / "ev" / "eval" / f"{name}_test_none_icl2.json").read_text())
         assert record["n"] == 30 and record["icl_shots"] == 2 and 0 <= record[metric] <= 1
 
 

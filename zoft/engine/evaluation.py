@@ -14,7 +14,7 @@ from zoft.models.loading import load_model
 
 
 def evaluate(recipe: Recipe, out_dir: Path, which: str, split: str, tasks: list[str], run_dir: Path | None) -> list[dict]:
-    """One record per task, each also written to `out_dir/eval/<task>_<split>_<checkpoint>.json`.
+    """One record per task, each also written to `out_dir/eval/<task>_<split>_<checkpoint>[_icl<n>].json`.
 
     `which` is `none` (the base model) or a checkpoint of `run_dir` (`latest`, `best`, `step_N`).
     """
@@ -35,6 +35,7 @@ def evaluate(recipe: Recipe, out_dir: Path, which: str, split: str, tasks: list[
         items = session.dev if split == "dev" else session.test
         result = session.objective.evaluate(session.model, session.tokenizer, items, recipe.eval.batch_size)
         record = {
+            "model": recipe.model.name_or_path,
             "task": name,
             "split": split,
             "checkpoint": which if folder is None else f"{which} ({folder.name})",
@@ -43,6 +44,7 @@ def evaluate(recipe: Recipe, out_dir: Path, which: str, split: str, tasks: list[
             **result,
         }
         (out_dir / "eval").mkdir(parents=True, exist_ok=True)
-        (out_dir / "eval" / f"{name}_{split}_{which}.json").write_text(json.dumps(record, indent=1))
+        shots = f"_icl{recipe.eval.icl_shots}" if recipe.eval.icl_shots else ""
+        (out_dir / "eval" / f"{name}_{split}_{which}{shots}.json").write_text(json.dumps(record, indent=1))
         records.append(record)
     return records
