@@ -142,7 +142,7 @@ def test_icl_puts_the_same_gold_demonstrations_before_every_prompt():
     [("sst2", (1000, 500, 872)), ("cb", (150, 100, 56)), ("copa", (300, 100, 100)), ("trec", (1000, 500, 500))],
 )
 def test_real_files_load_with_the_mezo_protocol(name, sizes, shared_data):
-    cfg = DataConfig(task=name, path=str(shared_data / "{task}"), num_train=1000, num_dev=100 if name in ("cb", "copa") else 500, num_eval=1000)
+    cfg = DataConfig(task=name, path=str(shared_data / "{task}"), num_train=1000, num_eval=1000)  # MeZO dev sizes
     splits = sample_splits(cfg, 0)
     assert (len(splits.train), len(splits.dev), len(splits.test)) == sizes
     labels = {e.label for e in splits.train}

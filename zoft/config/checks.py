@@ -39,7 +39,7 @@ def check_recipe(r: Recipe) -> list[str]:
         path = r.data.path.replace("{task}", r.data.task or "")
         need(Path(path).expanduser().exists(), f"data.path: no such file or folder {path!r}")
     need(r.data.num_train >= 1, "data.num_train: must be >= 1")
-    need(r.data.num_dev >= 0, "data.num_dev: must be >= 0")
+    need(r.data.num_dev is None or r.data.num_dev >= 0, "data.num_dev: must be >= 0")
     need(r.data.num_eval >= 1, "data.num_eval: must be >= 1")
     need(r.data.max_length >= 8, "data.max_length: must be >= 8")
     problems += r.method.check(r)

@@ -44,7 +44,7 @@ class DataConfig:
     hub_name: str | None = knob(None, "HF hub dataset id; default: the task's own")
     hub_config: str | None = knob(None, "HF hub dataset config name")
     num_train: int = knob(1000, "training examples sampled from the train split (MeZO protocol)")
-    num_dev: int = knob(500, "dev examples, sampled from the train split after the training ones")
+    num_dev: int | None = knob(None, "dev examples, sampled from the train split after the training ones; null = 500, or 100 for the small CB and COPA (MeZO)")
     num_eval: int = knob(1000, "test examples sampled from the validation split")
     seed: int | None = knob(None, "sampling seed; null = run.seed")
     max_length: int = knob(256, "prompt tokens kept (truncated from the left)")

@@ -128,15 +128,16 @@ def sample_splits(cfg: DataConfig, seed: int) -> Splits:
     """MeZO protocol: a seeded permutation of train gives num_train + num_dev (dev = the last
     num_dev); test = num_eval examples drawn from the evaluation split with the same seed."""
     task = TASKS.get(cfg.task, "data.task")
+    num_dev = task.num_dev if cfg.num_dev is None else cfg.num_dev
     train = load_records(task, cfg, task.train_split)
-    pool = np.random.RandomState(seed).permutation(len(train.records))[: cfg.num_train + cfg.num_dev]
-    if len(pool) <= cfg.num_dev:
+    pool = np.random.RandomState(seed).permutation(len(train.records))[: cfg.num_train + num_dev]
+    if len(pool) <= num_dev:
         raise ZoftError(
-            f"data.num_dev: {cfg.num_dev} dev examples leave none of the {len(train.records)} "
+            f"data.num_dev: {num_dev} dev examples leave none of the {len(train.records)} "
             f"training examples of {train.source} for training"
         )
     picked = to_examples(task, train, pool, cfg.template)
-    cut = len(picked) - cfg.num_dev
+    cut = len(picked) - num_dev
     evaluation = load_records(task, cfg, task.eval_split)
     test_idx = np.random.RandomState(seed).permutation(len(evaluation.records))[: cfg.num_eval]
     return Splits(train=picked[:cut], dev=picked[cut:], test=to_examples(task, evaluation, test_idx, cfg.template))

@@ -66,6 +66,7 @@ class Task:
     num_labels: int = 0  # encoder tasks
     builtin: Callable[[str], list[dict]] | None = None  # rows shipped as code
     metric: str = "accuracy"
+    num_dev: int = 500  # MeZO's dev size; 100 for the tasks with under 1000 training examples
 
     def fields(self, template: str | None = None) -> list[str]:
         return [name for _, name, _, _ in string.Formatter().parse(template or self.template) if name]
@@ -218,6 +219,7 @@ register(Task(
 register(Task(
     "cb", "classify", 'Suppose {premise} Can we infer that "{hypothesis}"? Yes, No, or Maybe?\n',
     ("Yes", "No", "Maybe"), SUPERGLUE, "cb", label_of=_label({"entailment": 0, "contradiction": 1, "neutral": 2}),
+    num_dev=100,
 ))
 register(Task("boolq", "classify", "{passage} {question}?\n", NO_YES, "google/boolq", flatten=_boolq))
 register(Task(
@@ -238,6 +240,7 @@ register(Task(
 register(Task(
     "copa", "choice", "{premise} {connector}", hub_name=SUPERGLUE, hub_config="copa", flatten=_copa,
     candidates_of=lambda rec: (f" {_lower_first(rec['choice1'])}", f" {_lower_first(rec['choice2'])}"),
+    num_dev=100,
 ))
 register(Task(
     "record", "choice", '{passage}\n{query}\nQuestion: what is the "@placeholder"\nAnswer:',
