@@ -43,7 +43,7 @@ def test_every_problem_is_reported_at_once(tiny):
     tiny["model"]["dtype"] = "fp8"
     found = problems_of(tiny)
     assert len(found) == 4
-    assert any(p.startswith("optim.lr: expected a number, got 'fast'") for p in found)
+    assert any(p.startswith("optim.lr: expected a finite number, got 'fast'") for p in found)
     assert any(p.startswith("train.batch_size: expected an integer") for p in found)
     assert any(p.startswith("data.tsk: unknown key (did you mean data.task?)") for p in found)
     assert any(p.startswith("model.dtype: expected one of 'fp32', 'bf16', 'fp16'") for p in found)

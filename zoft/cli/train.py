@@ -9,6 +9,7 @@ import typer
 from zoft.errors import ZoftError
 
 EXIT_BAD_INPUT = 2
+EXIT_STOPPED = 1  # a guard stopped the run (non-finite losses, divergence, out of memory)
 EXIT_INTERRUPTED = 130
 
 
@@ -35,7 +36,7 @@ def train(
         if print_config:
             console.print(dump_recipe(resolved), end="", markup=False)
             return
-        from zoft.engine.trainer import Interrupted, Trainer, dry_run as run_dry
+        from zoft.engine.trainer import Interrupted, RunStopped, Trainer, dry_run as run_dry
 
         if dry_run:
             result = run_dry(resolved)
@@ -51,6 +52,10 @@ def train(
             console.print(f"interrupted at step {stop.step}; checkpoint {stop.folder}. "
                           "Continue with checkpoint.resume=auto")
             raise typer.Exit(EXIT_INTERRUPTED)
+        except RunStopped as stop:
+            getattr(reporter, "close", lambda: None)()
+            show_problems(stop.title, stop.problems)
+            raise typer.Exit(EXIT_STOPPED)
         finally:
             getattr(reporter, "close", lambda: None)()
     except ZoftError as err:

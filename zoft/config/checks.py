@@ -19,6 +19,10 @@ def check_recipe(r: Recipe) -> list[str]:
             problems.append(message)
 
     need(r.run.seed >= 0, "run.seed: must be >= 0")
+    need(
+        r.run.name not in ("", ".", "..") and not any(sep in r.run.name for sep in ("/", "\\")),
+        f"run.name: {r.run.name!r} must be a plain folder name (the run writes only inside run.output_dir/run.name)",
+    )
     name = r.model.name_or_path or ""  # a missing one is already reported
     if name.startswith(TINY_PREFIX):
         problem = tiny_spec_problem(name)
@@ -55,6 +59,11 @@ def check_recipe(r: Recipe) -> list[str]:
         need(all(0 <= b < 1 for b in r.optim.betas), "optim.betas: each beta must be in [0, 1)")
     need(r.train.max_steps >= 1, "train.max_steps: must be >= 1")
     need(r.train.batch_size >= 1, "train.batch_size: must be >= 1")
+    need(r.train.batch_size <= r.data.num_train, f"train.batch_size: {r.train.batch_size} is more than data.num_train ({r.data.num_train})")
+    need(r.train.max_bad_steps >= 1, "train.max_bad_steps: must be >= 1")
+    need(r.train.divergence_factor is None or r.train.divergence_factor > 1, "train.divergence_factor: must be > 1 (or null)")
+    need(r.train.max_rollbacks >= 0, "train.max_rollbacks: must be >= 0")
+    need(0 < r.train.rollback_lr_factor <= 1, "train.rollback_lr_factor: must be in (0, 1]")
     need(0 <= r.optim.warmup_steps <= r.train.max_steps, "optim.warmup_steps: must be between 0 and train.max_steps")
     need(r.eval.every >= 0, "eval.every: must be >= 0")
     need(r.eval.batch_size >= 1, "eval.batch_size: must be >= 1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -100,6 +101,9 @@ def _build(cls: type, data: Any, path: str, problems: list[str]) -> Any:
         return None
     if cls is MethodConfig:
         name = data.get("name", "mezo")
+        if not isinstance(name, str):
+            problems.append(f"{path}name: expected a string, got {_show(name)}")
+            return None
         if name not in METHOD_CONFIGS:
             problems.append(METHOD_CONFIGS.unknown(str(name), f"{path}name"))
             return None
@@ -166,13 +170,12 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
         if isinstance(value, float) and value.is_integer():
             return True, int(value)
         return isinstance(value, int) and not isinstance(value, bool), value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-6 as a string
-            try:
-                return True, float(value)
-            except ValueError:
-                return False, None
-        return isinstance(value, (int, float)) and not isinstance(value, bool), float(value) if isinstance(value, (int, float)) else None
+    if tp is float:  # a finite number; YAML 1.1 reads 1e-6 as a string
+        try:
+            number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+        except ValueError:
+            number = None
+        return number is not None and math.isfinite(number), number
     if tp is str:
         return isinstance(value, str), value
     return True, value
@@ -186,7 +189,7 @@ def _describe(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin is list:
         return f"a list of {_describe(typing.get_args(tp)[0])}"
-    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    names = {bool: "true/false", int: "an integer", float: "a finite number", str: "a string", type(None): "null"}
     return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 

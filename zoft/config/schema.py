@@ -69,6 +69,10 @@ class OptimConfig:
 class TrainConfig:
     max_steps: int = knob(1000, "optimizer steps")
     batch_size: int = knob(16, "examples per step")
+    max_bad_steps: int = knob(5, "stop after this many steps in a row with a non-finite loss or gradient (each is skipped)")
+    divergence_factor: float | None = knob(None, "roll back to the last checkpoint when the loss exceeds this many times its running mean; null = off")
+    max_rollbacks: int = knob(3, "stop after this many rollbacks")
+    rollback_lr_factor: float = knob(0.5, "multiply the learning rate by this at each rollback")
 
 
 @dataclass

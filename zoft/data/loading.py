@@ -47,11 +47,15 @@ def split_file(folder: Path, split: str) -> Path:
 
 
 def _read_file(file: Path) -> list[dict]:
-    import datasets
+    """Rows of a local file through `datasets`, its Arrow cache in a temporary folder that is
+    removed at once (zoft writes nothing outside the run directory)."""
+    import tempfile
 
-    datasets.disable_progress_bars()
+    datasets = _quiet_datasets()
     try:
-        return datasets.load_dataset(FORMATS.get(file.suffix, "json"), data_files=str(file), split="train").to_list()
+        with tempfile.TemporaryDirectory(prefix="zoft-data-") as cache:
+            fmt = FORMATS.get(file.suffix, "json")
+            return datasets.load_dataset(fmt, data_files=str(file), split="train", cache_dir=cache).to_list()
     except Exception as err:  # datasets raises many kinds for a malformed file
         raise ZoftError(f"{file}: cannot be read as {file.suffix or 'json'}: {_first_line(err)}", title="bad data file") from None
 
@@ -79,9 +83,7 @@ def load_rows(task: Task, cfg: DataConfig, split: str) -> tuple[list[dict], str]
     hub = cfg.hub_name or task.hub_name
     if hub is None:
         raise ZoftError(f"data.path: task {task.name!r} has no hub dataset; give a local folder")
-    import datasets
-
-    datasets.disable_progress_bars()
+    datasets = _quiet_datasets()
     try:
         table = datasets.load_dataset(hub, cfg.hub_config or task.hub_config, split=split)
     except Exception as err:
@@ -156,6 +158,15 @@ def with_demonstrations(examples: list[Example], pool: list[Example], shots: int
     picked = [pool[i] for i in np.random.RandomState(seed).permutation(len(pool))[:shots]]
     context = "".join(f"{d.prompt}{d.candidates[d.label].rstrip()}\n\n" for d in picked)
     return [Example(context + e.prompt, e.candidates, e.label, e.answers, e.pair) for e in examples]
+
+
+def _quiet_datasets():
+    """`datasets`, with its progress bars and error logs off: zoft reports problems itself."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    return datasets
 
 
 def _first_line(err: Exception) -> str:

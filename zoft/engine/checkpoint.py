@@ -91,6 +91,22 @@ def find(root: Path, which: str) -> Path:
     return folder
 
 
+def recover(root: Path) -> None:
+    """Undo what a save killed half way left: a half-written folder, or a replaced one whose
+    successor never arrived (killed between the two renames of `save`)."""
+    if not root.is_dir():
+        return
+    for stale in root.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in root.glob(".old-*"):
+        name = old.name.removeprefix(".old-").rsplit("-", 1)[0]
+        if not (root / name / DONE).is_file() and (old / DONE).is_file():
+            shutil.rmtree(root / name, ignore_errors=True)
+            old.rename(root / name)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def prune(root: Path, keep_last: int) -> None:
     for old in complete_steps(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)

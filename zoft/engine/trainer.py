@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import shutil
@@ -33,6 +34,14 @@ from zoft.tracking.metrics import MetricsLog
 
 # keys that shape the trajectory: a resumed run must not change them
 FROZEN_ON_RESUME = ("run.seed", "model", "params", "data", "method", "optim", "train.batch_size")
+
+
+class RunStopped(Exception):
+    """A guard stopped the run cleanly (after writing a checkpoint): the lines say what to change."""
+
+    def __init__(self, problems: list[str], title: str):
+        self.problems, self.title = problems, title
+        super().__init__(f"{title}: " + "; ".join(problems))
 
 
 class Interrupted(Exception):
@@ -160,6 +169,7 @@ class Trainer:
     def _prepare_run_dir(self) -> Path | None:
         """Create or reuse the run directory; the checkpoint to resume from, if any."""
         recipe, run_dir = self.recipe, self.run_dir
+        checkpoint.recover(self.ckpt_root)
         resume_from = checkpoint.newest(self.ckpt_root) if recipe.checkpoint.resume else None
         if resume_from is not None:
             self._check_resume_config()
@@ -232,7 +242,10 @@ class Trainer:
         recipe = self.recipe
         resume_from = self._prepare_run_dir()
         session = build_session(recipe)
-        state = {"best_dev": None, "best_step": None, "elapsed_s": 0.0, "zero_shot": {}}
+        state = {
+            "best_dev": None, "best_step": None, "elapsed_s": 0.0, "zero_shot": {},
+            "lr_scale": 1.0, "rollbacks": 0, "loss_ema": None, "ema_steps": 0, "bad_steps": 0,
+        }
         start = 0
         if resume_from is not None:
             loaded = checkpoint.load(resume_from, session.params, session.method)
@@ -243,37 +256,48 @@ class Trainer:
         began = time.perf_counter() - state["elapsed_s"]
         elapsed = lambda: time.perf_counter() - began  # noqa: E731
 
-        if start == 0 and recipe.eval.at_start:
-            for split in ("dev", "test") if recipe.eval.test else ("dev",):
-                if getattr(session, split):
-                    state["zero_shot"][split] = self._evaluate(session, split, 0, elapsed())[session.objective.metric]
-
-        batcher = Batcher(session.train, recipe.train.batch_size, recipe.run.seed)
-        self.reporter.start(recipe.train.max_steps, start)
         previous = self._install_interrupt_handler()
         try:
-            for step in range(start, recipe.train.max_steps):
-                self._train_step(session, batcher, step, elapsed)
-                done = step + 1
-                if recipe.eval.every and done % recipe.eval.every == 0 and session.dev:
-                    self._track_best(session, state, done, elapsed)
-                if recipe.checkpoint.every and done % recipe.checkpoint.every == 0:
-                    self._save(session, done, {**state, "elapsed_s": elapsed()})
-                if self.interrupted:
-                    folder = self._save(session, done, {**state, "elapsed_s": elapsed()})
-                    raise Interrupted(done, folder)
+            with self._out_of_memory_guard(session, state, elapsed):
+                if start == 0 and recipe.eval.at_start:
+                    for split in ("dev", "test") if recipe.eval.test else ("dev",):
+                        if getattr(session, split):
+                            state["zero_shot"][split] = self._evaluate(session, split, 0, elapsed())[session.objective.metric]
+                self._loop(session, state, start, elapsed)
+                return self._finish(session, state, elapsed)
         finally:
             self._restore_interrupt_handler(previous)
-        return self._finish(session, state, elapsed)
 
-    def _train_step(self, session: Session, batcher: Batcher, step: int, elapsed) -> None:
+    def _loop(self, session: Session, state: dict, step: int, elapsed) -> None:
+        recipe = self.recipe
+        batcher = Batcher(session.train, recipe.train.batch_size, recipe.run.seed)
+        self.reporter.start(recipe.train.max_steps, step)
+        while step < recipe.train.max_steps:
+            state["step"] = step  # the weights are those after `step` steps
+            record = self._train_step(session, batcher, step, state, elapsed)
+            done = state["step"] = step + 1
+            self._check_bad_steps(session, state, record, done, elapsed)
+            if self._diverged(state, record):
+                step = self._roll_back(session, state, done)
+                continue
+            if recipe.eval.every and done % recipe.eval.every == 0 and session.dev:
+                self._track_best(session, state, done, elapsed)
+            if recipe.checkpoint.every and done % recipe.checkpoint.every == 0:
+                self._save(session, done, {**state, "elapsed_s": elapsed()})
+            if self.interrupted:
+                folder = self._save(session, done, {**state, "elapsed_s": elapsed()})
+                raise Interrupted(done, folder)
+            step = done
+        state["step"] = step
+
+    def _train_step(self, session: Session, batcher: Batcher, step: int, state: dict, elapsed) -> dict:
         recipe = self.recipe
         batch = session.objective.train_batch(batcher.batch(step), session.pad_id).to(session.device)
-        lr = lr_at(step, recipe.optim, recipe.train.max_steps)
+        lr = lr_at(step, recipe.optim, recipe.train.max_steps) * state["lr_scale"]
         result = session.method.step(_loss_fn(session.objective, session.model, batch), step, lr)
         record = {
             "step": step + 1,
-            "loss": result.loss,
+            "loss": result.loss if result.finite else None,
             "proj_grad": result.grads[0] if len(result.grads) == 1 else (result.grads or None),
             "queries": len(result.grads),
             "seed": recipe.run.seed,
@@ -281,9 +305,82 @@ class Trainer:
             "mem_gib": round(peak_memory_gib(session.device), 4),
             "time_s": round(elapsed(), 3),
         }
+        if not result.applied:
+            record["proj_grad"] = None
+            record["skipped"] = "non-finite loss or projected gradient: nothing was applied"
         self.metrics.write(record)
-        if (step + 1) % recipe.logging.every == 0 or step + 1 == recipe.train.max_steps:
+        if (step + 1) % recipe.logging.every == 0 or step + 1 == recipe.train.max_steps or not result.applied:
             self.reporter.step(record)
+        return record
+
+    # ---- guards --------------------------------------------------------------------------
+    def _check_bad_steps(self, session: Session, state: dict, record: dict, done: int, elapsed) -> None:
+        """Count skipped steps in a row; past `train.max_bad_steps`, checkpoint and stop."""
+        if "skipped" not in record:
+            state["bad_steps"] = 0
+            return
+        state["bad_steps"] += 1
+        limit = self.recipe.train.max_bad_steps
+        if state["bad_steps"] >= limit:
+            folder = self._save(session, done, {**state, "elapsed_s": elapsed()})
+            r = self.recipe
+            raise RunStopped([
+                f"{limit} steps in a row (up to step {done}) had a non-finite loss or projected gradient; "
+                "each was skipped, so the weights are those before them",
+                f"try a smaller optim.lr (now {r.optim.lr:g}) or method.eps (now {getattr(r.method, 'eps', '-')}), "
+                f"model.dtype bf16 or fp32 instead of {r.model.dtype}" + (", or method.restore=copy" if r.model.dtype != "fp32" else ""),
+                f"checkpoint written: {folder}; continue with checkpoint.resume=auto",
+            ], title="training stopped: non-finite losses")
+
+    def _diverged(self, state: dict, record: dict) -> bool:
+        """True when the loss is over `divergence_factor` × its running mean (after 50 steps)."""
+        loss, factor = record["loss"], self.recipe.train.divergence_factor
+        if loss is None or "skipped" in record:
+            return False
+        ema = state["loss_ema"]
+        if factor is not None and ema is not None and state["ema_steps"] >= 50 and loss > factor * ema:
+            return True
+        state["loss_ema"] = loss if ema is None else 0.98 * ema + 0.02 * loss
+        state["ema_steps"] += 1
+        return False
+
+    def _roll_back(self, session: Session, state: dict, done: int) -> int:
+        """Reload the newest checkpoint with a smaller learning rate; the step to go on from."""
+        r = self.recipe
+        folder = checkpoint.newest(self.ckpt_root)
+        if folder is None or state["rollbacks"] >= r.train.max_rollbacks:
+            why = "no checkpoint to roll back to" if folder is None else f"{r.train.max_rollbacks} rollbacks already"
+            raise RunStopped([
+                f"the loss at step {done} exceeded {r.train.divergence_factor:g}× its running mean; {why}",
+                f"try a smaller optim.lr (now {r.optim.lr:g}) or a more frequent checkpoint.every",
+            ], title="training stopped: the loss diverged")
+        lr_scale, rollbacks = state["lr_scale"] * r.train.rollback_lr_factor, state["rollbacks"] + 1
+        loaded = checkpoint.load(folder, session.params, session.method)
+        state.clear()
+        state.update({**loaded.state, "lr_scale": lr_scale, "rollbacks": rollbacks})
+        self.metrics.truncate_after(loaded.step)
+        self.metrics.write({"step": loaded.step, "event": "rollback", "diverged_at": done, "lr_scale": lr_scale})
+        self.reporter.message(f"loss diverged at step {done}: rolled back to step {loaded.step}, learning rate × {lr_scale:g}")
+        return loaded.step
+
+    @contextlib.contextmanager
+    def _out_of_memory_guard(self, session: Session, state: dict, elapsed):
+        """Out of GPU memory: checkpoint the last completed step (the weights are intact, the
+        perturbation in flight having been undone), then stop with what to change."""
+        try:
+            yield
+        except torch.OutOfMemoryError:
+            if session.device.type == "cuda":
+                torch.cuda.empty_cache()
+            step = state.get("step", 0)
+            folder = self._save(session, step, {**state, "elapsed_s": elapsed()})
+            r = self.recipe
+            raise RunStopped([
+                f"out of GPU memory after {step} completed steps; checkpoint written: {folder}",
+                f"lower train.batch_size (now {r.train.batch_size}), eval.batch_size (now {r.eval.batch_size}) "
+                f"or data.max_length (now {r.data.max_length}), then continue with checkpoint.resume=auto",
+                f"see what fits: zoft profile-memory {self.run_dir / 'config.yaml'}",
+            ], title="out of memory") from None
 
     def _track_best(self, session: Session, state: dict, step: int, elapsed) -> None:
         score = self._evaluate(session, "dev", step, elapsed())[session.objective.metric]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -20,6 +21,11 @@ LossFn = Callable[[], torch.Tensor]  # the loss of the current batch at the curr
 class StepResult:
     loss: float  # around θ: mean of L(θ±εZ) (two_side), L(θ) (one_side or first-order)
     grads: list[float]  # projected gradient per query (empty for first-order)
+    applied: bool = True  # False: a non-finite loss or gradient, so nothing was changed
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.loss) and all(math.isfinite(g) for g in self.grads)
 
 
 class Method(ABC):
@@ -133,40 +139,59 @@ class ZOMethod(Method):
             p.mul_(1 - lr * self.optim.weight_decay)
 
     def step(self, loss_fn: LossFn, step: int, lr: float) -> StepResult:
+        """Estimate, then update, unless a loss or projected gradient is not finite."""
         result = self.estimate(loss_fn, step)
+        if not result.finite:
+            result.applied = False
+            return result
         self.update(step, result.grads, lr)
         return result
 
     def estimate(self, loss_fn: LossFn, step: int) -> StepResult:
-        """Perturb, evaluate and restore for each query; the weights are left as they were."""
+        """Perturb, evaluate and restore for each query; the weights are left as they were.
+
+        If a forward pass raises (out of memory, Ctrl-C), the perturbation in flight is undone
+        before the exception goes on, so the weights stay those of the last completed step.
+        """
         cfg = self.cfg
         snapshot = [p.detach().clone() for _, p in self.params] if cfg.restore == "copy" else None
+        applied = {"query": 0, "scale": 0.0}  # the perturbation currently on the weights
+
+        def move(query: int, scale: float) -> None:
+            self.perturb(step, query, scale)
+            applied["query"], applied["scale"] = query, applied["scale"] + scale
+
+        def restore() -> None:
+            if snapshot is None:
+                move(applied["query"], -applied["scale"])
+            else:
+                for (_, p), saved in zip(self.params, snapshot):
+                    p.copy_(saved)
+            applied["scale"] = 0.0
 
         def loss() -> float:
             with torch.inference_mode():
                 return float(loss_fn())
 
-        def restore(query: int, scale: float) -> None:
-            if snapshot is None:
-                self.perturb(step, query, scale)
-            else:
-                for (_, p), saved in zip(self.params, snapshot):
-                    p.copy_(saved)
-
         grads, losses = [], []
-        base = loss() if cfg.perturbation == "one_side" else None
-        for query in range(self.queries(step)):
-            self.perturb(step, query, +1.0)
-            plus = loss()
-            if base is not None:
-                restore(query, -1.0)
-                grads.append((plus - base) / cfg.eps)
-                continue
-            self.perturb(step, query, -2.0)
-            minus = loss()
-            restore(query, +1.0)
-            grads.append((plus - minus) / (2 * cfg.eps))
-            losses.append((plus + minus) / 2)
+        try:
+            base = loss() if cfg.perturbation == "one_side" else None
+            for query in range(self.queries(step)):
+                move(query, +1.0)
+                plus = loss()
+                if base is not None:
+                    restore()
+                    grads.append((plus - base) / cfg.eps)
+                    continue
+                move(query, -2.0)
+                minus = loss()
+                restore()
+                grads.append((plus - minus) / (2 * cfg.eps))
+                losses.append((plus + minus) / 2)
+        except BaseException:
+            if applied["scale"]:
+                restore()
+            raise
         return StepResult(base if base is not None else sum(losses) / len(losses), grads)
 
 

@@ -6,6 +6,8 @@ decay skips 1-D tensors as in the ZO methods. Optimizer state is checkpointed as
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from zoft.methods.base import METHODS, Method, StepResult
@@ -34,10 +36,15 @@ class FirstOrder(Method):
         self.optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():
             loss = loss_fn()
-            loss.backward()
-        self.optimizer.step()
+            value = float(loss.detach())
+            finite = math.isfinite(value)
+            if finite:
+                loss.backward()
+                finite = all(torch.isfinite(p.grad).all() for p in self._order if p.grad is not None)
+        if finite:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(float(loss.detach()), [])
+        return StepResult(value, [], applied=finite)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         out = {}

@@ -45,16 +45,17 @@ def _from_pretrained(cfg: ModelConfig, seed: int, num_labels: int):
     kwargs = dict(trust_remote_code=cfg.trust_remote_code)
     if cfg.gguf_file:
         kwargs["gguf_file"] = cfg.gguf_file
+    weights = {} if cfg.gguf_file else {"use_safetensors": True}  # never unpickle weights
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         if num_labels:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)  # the new head's initialisation
                 model = AutoModelForSequenceClassification.from_pretrained(
-                    source, dtype=DTYPES[cfg.dtype], num_labels=num_labels, **kwargs
+                    source, dtype=DTYPES[cfg.dtype], num_labels=num_labels, **kwargs, **weights
                 )
         else:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[cfg.dtype], **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[cfg.dtype], **kwargs, **weights)
     except (OSError, ValueError, ImportError, KeyError) as err:
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise ZoftError(
