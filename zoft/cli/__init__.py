@@ -6,6 +6,7 @@ import typer
 
 from zoft import __version__
 from zoft.cli.eval import eval_command
+from zoft.cli.profile_memory import profile_memory
 from zoft.cli.train import train
 
 app = typer.Typer(
@@ -18,6 +19,7 @@ app = typer.Typer(
 )
 app.command()(train)
 app.command("eval")(eval_command)
+app.command("profile-memory")(profile_memory)
 
 
 def _version(value: bool) -> None:

@@ -9,6 +9,7 @@ from zoft.config.schema import Recipe
 
 def check_recipe(r: Recipe) -> list[str]:
     from zoft.data.tasks import TASKS
+    from zoft.models.shapes import shape_problem
     from zoft.models.source import source_problem
     from zoft.models.tiny import TINY_PREFIX, tiny_spec_problem
 
@@ -23,7 +24,13 @@ def check_recipe(r: Recipe) -> list[str]:
         r.run.name not in ("", ".", "..") and not any(sep in r.run.name for sep in ("/", "\\")),
         f"run.name: {r.run.name!r} must be a plain folder name (the run writes only inside run.output_dir/run.name)",
     )
-    name = r.model.name_or_path or ""  # a missing one is already reported
+    name = r.model.name_or_path or ""
+    if (r.model.name_or_path is None) == (r.model.config is None):
+        problems.append("model.name_or_path: give either model.name_or_path (weights) or model.config (a shape, random weights)")
+    if r.model.config is not None:
+        problem = shape_problem(r.model.config)
+        need(problem is None, problem or "")
+        need(r.model.gguf_file is None, "model.gguf_file: a model.config shape has no weights to read")
     if name.startswith(TINY_PREFIX):
         problem = tiny_spec_problem(name)
         need(problem is None, f"model.name_or_path: {problem}")

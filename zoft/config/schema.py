@@ -25,7 +25,8 @@ class RunConfig:
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = knob(REQUIRED, "HF hub id, local folder, pkg:<package>[/folder], or tiny:<arch>[-<hidden>x<layers>]", required=True)
+    name_or_path: str | None = knob(None, "HF hub id, local folder, pkg:<package>[/folder], or tiny:<arch>[-<hidden>x<layers>]")
+    config: str | None = knob(None, "instead of weights: a config.json file or a built-in shape (opt-1.3b, llama-7b, ...), random weights")
     dtype: Literal["fp32", "bf16", "fp16"] = knob("fp32", "weight dtype")
     gguf_file: str | None = knob(None, "GGUF file (path, or name inside name_or_path); dequantized on load")
     device: Literal["auto", "cpu", "cuda"] = knob("auto", "auto = cuda when available, else cpu")

@@ -1,13 +1,137 @@
-"""Peak memory of this process: CUDA allocator peak on a GPU, resident set size on CPU."""
+"""Memory: the peak of this process, and an analytic estimate of a method's memory from shapes.
+
+The estimate needs no GPU and no weights: it reads parameter shapes from a model built on the
+meta device, so "will LLaMA-70B with tezo-adam fit on 80 GB?" is answered on a laptop.
+"""
 
 from __future__ import annotations
 
 import resource
+from dataclasses import asdict, dataclass
 
 import torch
+
+GIB = 2**30
+
+# profile-memory's names for (method, optimizer) pairs
+VARIANTS: dict[str, tuple[str, str]] = {
+    "mezo": ("mezo", "sgd"),
+    "mezo-m": ("mezo", "momentum"),
+    "mezo-adam": ("mezo", "adam"),
+    "lozo": ("lozo", "sgd"),
+    "lozo-m": ("lozo", "momentum"),
+    "subzo": ("subzo", "sgd"),
+    "tezo": ("tezo", "sgd"),
+    "tezo-m": ("tezo", "momentum"),
+    "tezo-adam": ("tezo", "adam"),
+    "adazeta": ("adazeta", "sgd"),
+    "fo": ("fo", "adam"),
+    "fo-sgd": ("fo", "sgd"),
+}
 
 
 def peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
+        return torch.cuda.max_memory_allocated(device) / GIB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+@dataclass
+class Split:
+    """Bytes of each part of a step's peak: persistent weights and states, then what comes and goes."""
+
+    weights: float
+    method_state: float  # direction bases kept between steps (SubZO's P, Q; TeZO's U, V)
+    optimizer_state: float  # moments (and, first-order, gradients at the peak)
+    activations: float  # activations and transient buffers at the peak (directions drawn, temporaries)
+
+    @property
+    def peak(self) -> float:
+        return self.weights + self.method_state + self.optimizer_state + self.activations
+
+    def gib(self) -> dict:
+        return {k: v / GIB for k, v in {**asdict(self), "peak": self.peak}.items()}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the estimate needs to know of a model and a batch."""
+
+    params: tuple[tuple[tuple[int, ...], int], ...]  # (shape, bytes per element) of each trainable tensor
+    hidden: int
+    ffn: int
+    layers: int
+    vocab: int
+    gated_mlp: bool  # LLaMA-style gate and up projections
+    act_bytes: int
+    tokens: int  # batch × sequence
+
+
+def shape_of(model, batch: int, seq: int) -> Shape:
+    """Read a Shape from a (meta, or real) model and the batch geometry."""
+    c = model.config
+    ffn = getattr(c, "intermediate_size", None) or getattr(c, "ffn_dim", None) or 4 * c.hidden_size
+    params = tuple((tuple(p.shape), p.element_size()) for p in model.parameters())
+    dtype = next(model.parameters()).dtype
+    return Shape(params, c.hidden_size, ffn, c.num_hidden_layers, c.vocab_size,
+                 hasattr(c, "intermediate_size"), torch.finfo(dtype).bits // 8, batch * seq)
+
+
+def forward_activations(s: Shape) -> float:
+    """Peak bytes live inside one inference forward: residual, q/k/v and attention output (4h),
+    the MLP's intermediate tensors (2 for OPT, 4 for gated MLPs, of width ffn), per token."""
+    per_token = 6 * s.hidden + (4 if s.gated_mlp else 2) * s.ffn
+    return s.tokens * per_token * s.act_bytes
+
+
+def stored_activations(s: Shape) -> float:
+    """Bytes autograd keeps for the backward pass: per layer and token, the inputs of the four
+    attention projections, norms and output (8h) and the MLP's (2 or 4 tensors of width ffn)."""
+    per_token = 8 * s.hidden + (4 if s.gated_mlp else 2) * s.ffn
+    return s.layers * s.tokens * per_token * s.act_bytes
+
+
+def forward_estimate(s: Shape) -> Split:
+    """The floor: weights and one inference forward."""
+    return Split(float(sum(int(torch.Size(shape).numel()) * b for shape, b in s.params)), 0.0, 0.0, forward_activations(s))
+
+
+def estimate(s: Shape, method: str, optimizer: str, rank: int = 2) -> Split:
+    """The memory split of one step of `method` with `optimizer`, from shapes alone (SPEC.md's state)."""
+    matrices = [(shape, b) for shape, b in s.params if len(shape) >= 2]
+    vectors = [(shape, b) for shape, b in s.params if len(shape) < 2]
+    numel = lambda shape: int(torch.Size(shape).numel())  # noqa: E731
+    weights = float(sum(numel(shape) * b for shape, b in s.params))
+    largest = max(numel(shape) * b for shape, b in s.params)
+    moments = {"sgd": 0, "momentum": 1, "adam": 2}[optimizer]
+    dense_moments = moments * sum(numel(shape) * b for shape, b in (s.params if method in ("mezo", "adazeta", "fo") else vectors))
+    method_state = optimizer_state = 0.0
+    r = lambda shape: min(rank, shape[0], numel(shape) // shape[0])  # noqa: E731
+    if method in ("mezo", "adazeta"):
+        optimizer_state = dense_moments
+        transient = largest * (1 + moments)  # z, plus the estimate and Adam's denominator
+    elif method == "fo":  # moments and gradients; activations stored for backward are freed as
+        optimizer_state = dense_moments + weights  # gradients fill in, so only the excess counts
+        transient = max(stored_activations(s) - weights, 0.0) + 2 * largest  # + AdamW's temporaries
+    else:
+        transient = 0.0  # rank-r factors only: no m×n tensor is built
+        if method in ("subzo", "tezo"):  # cached bases, (m + n)·r per layer
+            method_state = sum((shape[0] + numel(shape) // shape[0]) * r(shape) * b for shape, b in matrices)
+        if method == "lozo" and optimizer == "momentum":  # N, m·r per layer
+            optimizer_state = sum(shape[0] * r(shape) * b for shape, b in matrices)
+        if method == "tezo":  # r (momentum) or 2r (adam) fp32 numbers per layer
+            optimizer_state = moments * 4 * sum(r(shape) for shape, _ in matrices)
+        optimizer_state += dense_moments  # 1-D tensors: dense moments
+    activations = max(forward_activations(s), transient)
+    return Split(weights, method_state, optimizer_state, activations)
+
+
+def meta_model(model_cfg):
+    """The model of `model.config` (a shape or config file) on the meta device: shapes, no memory."""
+    from transformers import AutoModelForCausalLM
+
+    from zoft.models.loading import DTYPES
+    from zoft.models.shapes import model_config
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(model_config(model_cfg.config), dtype=DTYPES[model_cfg.dtype])

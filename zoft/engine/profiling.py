@@ -1,0 +1,107 @@
+"""`zoft profile-memory`: real steps of each method on the recipe's model and batch shape,
+their peak memory split and step time, beside the analytic estimate and the forward-only floor."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import time
+
+import torch
+
+from zoft.config.methods import METHOD_CONFIGS
+from zoft.config.schema import Recipe
+from zoft.engine.memory import GIB, VARIANTS, Split, estimate, forward_estimate, meta_model, shape_of
+from zoft.engine.objective import OBJECTIVES, Encoded
+from zoft.errors import ZoftError
+from zoft.methods import METHODS
+from zoft.models.loading import load_model
+
+
+def synthetic_batch(vocab: int, batch: int, seq: int, device: torch.device):
+    """`batch` sequences of `seq` random tokens, the last one scored (as a one-token answer)."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, min(vocab, 30000), (batch, seq), generator=gen).tolist()
+    items = [Encoded(tuple(row[:-1]), ((row[-1],),), 0) for row in ids]
+    objective = OBJECTIVES["choice"]
+    return objective, objective.train_batch(items, 0).to(device)
+
+
+def method_for(recipe: Recipe, variant: str, params, seed: int):
+    name, optimizer = VARIANTS[variant]
+    cfg = recipe.method if recipe.method.name == name else METHOD_CONFIGS.get(name, "--methods")()
+    optim = dataclasses.replace(recipe.optim, name=optimizer, betas=None)
+    return METHODS.get(name, "--methods")(params, cfg, optim, seed, steps_per_epoch=1000, max_steps=1000)
+
+
+def estimates(recipe: Recipe, variants: list[str], batch: int, seq: int) -> dict[str, Split]:
+    """The analytic split of each variant (and of the forward pass, as "forward"), no GPU needed."""
+    model = meta_model(recipe.model) if recipe.model.config else _loaded_shape_model(recipe)
+    shape = shape_of(model, batch, seq)
+    rank = getattr(recipe.method, "rank", 2)
+    out = {"forward": forward_estimate(shape)}
+    for variant in variants:
+        name, optimizer = VARIANTS[variant]
+        out[variant] = estimate(shape, name, optimizer, rank if recipe.method.name == name else
+                                getattr(METHOD_CONFIGS.get(name, "--methods")(), "rank", 2))
+    return out
+
+
+def _loaded_shape_model(recipe: Recipe):
+    model, _ = load_model(dataclasses.replace(recipe.model, device="cpu"), recipe.run.seed)
+    return model
+
+
+def measure(recipe: Recipe, variants: list[str], batch: int, seq: int, steps: int) -> dict[str, dict]:
+    """Peak allocated / reserved memory, its split and the mean step time of each variant on CUDA."""
+    if not torch.cuda.is_available():
+        raise ZoftError("profile-memory measures on a CUDA GPU; none is visible (--estimate-only needs none)", title="no GPU")
+    torch.cuda.empty_cache()
+    model, _ = load_model(recipe.model, recipe.run.seed)
+    device = next(model.parameters()).device
+    params = list(model.named_parameters())
+    weights = torch.cuda.memory_allocated(device)
+    objective, data = synthetic_batch(model.config.vocab_size, batch, seq, device)
+    loss_fn = lambda: objective.loss(model, data)  # noqa: E731
+    results = {"forward": _run(lambda step: _forward(loss_fn), steps, device, weights, lambda: 0)}
+    for variant in variants:
+        method = method_for(recipe, variant, params, recipe.run.seed)
+        grads = weights if VARIANTS[variant][0] == "fo" else 0  # first-order: gradients at the peak
+
+        def state_bytes():
+            return grads + sum(t.numel() * t.element_size() for t in method.state_dict().values())
+
+        try:
+            results[variant] = _run(lambda step: method.step(loss_fn, step, 1e-9), steps, device, weights, state_bytes, grads)
+        except torch.OutOfMemoryError:
+            results[variant] = {"oom": True}
+        for _, p in params:
+            p.requires_grad_(False)
+            p.grad = None
+        del method
+        gc.collect()
+        torch.cuda.empty_cache()
+    return results
+
+
+def _forward(loss_fn) -> None:
+    with torch.inference_mode():
+        loss_fn()
+
+
+def _run(step_fn, steps: int, device, weights: int, state_bytes, transient_state: int = 0) -> dict:
+    """Peak memory split and mean time of `steps` steps after a warm-up; `transient_state` bytes of
+    the state (first-order gradients) exist only around the peak, not between steps."""
+    step_fn(0)  # warm-up: kernels, caches, lazily built state
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    began = time.perf_counter()
+    for step in range(1, steps + 1):
+        step_fn(step)
+    torch.cuda.synchronize(device)
+    seconds = (time.perf_counter() - began) / steps
+    persistent = torch.cuda.memory_allocated(device) + transient_state
+    peak = torch.cuda.max_memory_allocated(device)
+    optimizer = state_bytes()
+    split = Split(weights, max(persistent - weights - optimizer, 0), optimizer, max(peak - persistent, 0))
+    return {**split.gib(), "reserved": torch.cuda.max_memory_reserved(device) / GIB, "step_ms": seconds * 1000}
