@@ -78,16 +78,19 @@ def shape_of(model, batch: int, seq: int) -> Shape:
 
 
 def forward_activations(s: Shape) -> float:
-    """Peak bytes live inside one inference forward: residual, q/k/v and attention output (4h),
-    the MLP's intermediate tensors (2 for OPT, 4 for gated MLPs, of width ffn), per token."""
-    per_token = 6 * s.hidden + (4 if s.gated_mlp else 2) * s.ffn
+    """Peak bytes live inside one inference forward (no KV cache): at the MLP, per token, the
+    residual and its normed copy (2h) with two tensors of width ffn (OPT: fc1 and its ReLU), or
+    three for gated MLPs (SiLU(gate), up, and their product)."""
+    per_token = (3 * s.ffn) if s.gated_mlp else (2 * s.hidden + 2 * s.ffn)
     return s.tokens * per_token * s.act_bytes
 
 
 def stored_activations(s: Shape) -> float:
-    """Bytes autograd keeps for the backward pass: per layer and token, the inputs of the four
-    attention projections, norms and output (8h) and the MLP's (2 or 4 tensors of width ffn)."""
-    per_token = 8 * s.hidden + (4 if s.gated_mlp else 2) * s.ffn
+    """Bytes autograd keeps for the backward pass, per layer and token: 5h + 2·ffn for OPT
+    (projection and norm inputs, fc1's output and its ReLU); 12h + 5·ffn for LLaMA (also q and k
+    before and after the rotary embedding, RMSNorm's fp32 upcast, the gate, up, SiLU and product).
+    These counts were checked against H100 measurements of OPT-1.3B and LLaMA-7B (docs/benchmarks.md)."""
+    per_token = (12 * s.hidden + 5 * s.ffn) if s.gated_mlp else (5 * s.hidden + 2 * s.ffn)
     return s.layers * s.tokens * per_token * s.act_bytes
 
 
@@ -112,10 +115,10 @@ def estimate(s: Shape, method: str, optimizer: str, rank: int = 2) -> Split:
         transient = largest * (1 + moments)  # z, plus the estimate and Adam's denominator
     elif method == "fo":  # moments and gradients; activations stored for backward are freed as
         optimizer_state = dense_moments + weights  # gradients fill in, so only the excess counts
-        transient = max(stored_activations(s) - weights, 0.0) + 2 * largest  # + AdamW's temporaries
+        transient = max(stored_activations(s) - weights, 0.0)
     else:
         transient = 0.0  # rank-r factors only: no m×n tensor is built
-        if method in ("subzo", "tezo"):  # cached bases, (m + n)·r per layer
+        if method == "subzo":  # cached orthonormal bases, (m + n)·r per layer
             method_state = sum((shape[0] + numel(shape) // shape[0]) * r(shape) * b for shape, b in matrices)
         if method == "lozo" and optimizer == "momentum":  # N, m·r per layer
             optimizer_state = sum(shape[0] * r(shape) * b for shape, b in matrices)

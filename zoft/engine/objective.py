@@ -88,6 +88,7 @@ def option_logprobs(model, batch: Batch) -> torch.Tensor:
         attention_mask=batch.attention_mask,
         position_ids=batch.position_ids,
         logits_to_keep=k + 1,
+        use_cache=False,  # a KV cache would hold 2·layers·hidden numbers per token for nothing
     ).logits[:, -k - 1 : -1]
     targets = batch.input_ids[:, -k:]
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)

@@ -1,7 +1,8 @@
 """TeZO (Sun et al., 2025): Z_t = U diag(τ_t) Vᵀ with U, V drawn once and τ_t ∈ R^r fresh.
 
-Momentum and Adam keep their state on c_t = g_t τ_t: 2r numbers per layer, exact because U and V
-do not move. On a refresh (`refresh_interval`) the moments of the old basis are reset.
+U and V are regenerated from their seed when used, so the state between steps is the r (momentum)
+or 2r (Adam) numbers per layer of the moments on c_t = g_t τ_t, exact because U and V do not move.
+On a refresh (`refresh_interval`) the moments of the old basis are reset.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from zoft.methods.lowrank import LowRankMethod
 class TeZO(LowRankMethod):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.bases: dict[int, tuple[int, torch.Tensor, torch.Tensor]] = {}
         self.factor_moments: dict[str, torch.Tensor] = {}
         for name, p in self.params:
             if not self.is_dense(p) and self.optim.name in ("momentum", "adam"):
@@ -29,14 +29,11 @@ class TeZO(LowRankMethod):
         return step // self.cfg.refresh_interval if self.cfg.refresh_interval else 0
 
     def basis(self, index: int, w: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """U and V, regenerated from their seed at each use: nothing m- or n-sized is kept."""
         k = self.period(step)
-        cached = self.bases.get(index)
-        if cached is None or cached[0] != k:
-            u = gaussian((w.shape[0], self.rank(w)), w, self.seed, k, index, BASIS, 0)
-            v = gaussian((w.shape[1], self.rank(w)), w, self.seed, k, index, BASIS, 1)
-            cached = (k, u, v)
-            self.bases[index] = cached
-        return cached[1], cached[2]
+        u = gaussian((w.shape[0], self.rank(w)), w, self.seed, k, index, BASIS, 0)
+        v = gaussian((w.shape[1], self.rank(w)), w, self.seed, k, index, BASIS, 1)
+        return u, v
 
     def tau(self, index: int, w: torch.Tensor, step: int, query: int) -> torch.Tensor:
         return gaussian((self.rank(w),), w, self.seed, step, query, index, DIRECTION)

@@ -1,0 +1,78 @@
+"""profile-memory on CPU: the analytic estimate against the bytes methods really keep, and the command."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from zoft.cli import app
+from zoft.config.loader import recipe_from_dict
+from zoft.engine.memory import VARIANTS, estimate, forward_activations, meta_model, shape_of
+from zoft.engine.objective import OBJECTIVES
+from zoft.engine.profiling import method_for, synthetic_batch
+from zoft.models.loading import load_model
+
+
+@pytest.fixture
+def shaped(tiny):
+    tiny["model"] = {"config": "smollm2-135m", "dtype": "fp32", "device": "cpu"}
+    tiny["method"] = {"name": "tezo", "rank": 4}
+    return recipe_from_dict(tiny)
+
+
+def test_weights_are_exact_and_the_meta_model_allocates_nothing(shaped):
+    meta = meta_model(shaped.model)
+    assert all(p.is_meta for p in meta.parameters())
+    shape = shape_of(meta, batch=4, seq=32)
+    est = estimate(shape, "mezo", "sgd")
+    assert est.weights == sum(p.numel() * 4 for p in meta.parameters())  # fp32
+    assert 134e6 < est.weights / 4 < 136e6  # SmolLM2-135M
+    assert forward_activations(shape) == 4 * 32 * 3 * 1536 * 4  # gated MLP: 3 × ffn per token
+
+
+@pytest.mark.parametrize("variant", ["mezo-m", "mezo-adam", "lozo-m", "subzo", "tezo-m", "tezo-adam", "fo"])
+def test_estimated_state_equals_what_the_method_keeps(tiny, variant):
+    tiny["model"] = {"name_or_path": "tiny:llama-32x2"}
+    recipe = recipe_from_dict(tiny)
+    model, _ = load_model(recipe.model, 0)
+    params = list(model.named_parameters())
+    name, optimizer = VARIANTS[variant]
+    method = method_for(recipe, variant, params, 0)
+    objective, batch = synthetic_batch(model.config.vocab_size, 2, 8, torch.device("cpu"))
+    method.step(lambda: objective.loss(model, batch), 0, 1e-6)
+    kept = sum(t.numel() * t.element_size() for t in method.state_dict().values() if t.dim())  # not bookkeeping scalars
+    est = estimate(shape_of(model, 2, 8), name, optimizer, rank=getattr(method.cfg, "rank", 2))
+    grads = est.weights if name == "fo" else 0  # first-order: gradients at the peak
+    assert est.optimizer_state == kept + grads
+    if name == "subzo":
+        cached = sum(p.numel() * p.element_size() + q.numel() * q.element_size() for _, p, q in method.subspaces.values())
+        assert est.method_state == cached
+    else:
+        assert est.method_state == 0
+
+
+def test_tezo_adam_keeps_less_than_mezo_adam_and_mezo_keeps_nothing(shaped):
+    shape = shape_of(meta_model(shaped.model), 16, 256)
+    assert estimate(shape, "tezo", "adam", 4).optimizer_state < 1e-3 * estimate(shape, "mezo", "adam").optimizer_state
+    assert estimate(shape, "mezo", "sgd").optimizer_state == 0
+
+
+def test_the_command_writes_a_table_json_and_png_without_a_gpu(tmp_path, tiny):
+    tiny["model"] = {"config": "opt-125m", "dtype": "bf16"}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny))
+    runner = CliRunner()
+    result = runner.invoke(app, ["profile-memory", str(path), "--estimate-only", "--methods", "mezo,tezo-adam,fo"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "runs" / "t"
+    report = json.loads((out / "memory.json").read_text())
+    assert [r["method"] for r in report["rows"]] == ["forward", "mezo", "tezo-adam", "fo"]
+    assert report["rows"][3]["estimate"]["peak"] > 4 * report["rows"][1]["estimate"]["weights"]
+    assert (out / "memory.png").stat().st_size > 1000 and "tezo-adam" in result.output
+    bad = runner.invoke(app, ["profile-memory", str(path), "--estimate-only", "--methods", "mezzo"])
+    assert bad.exit_code == 2 and "unknown method 'mezzo'" in bad.output
+    if not torch.cuda.is_available():
+        no_gpu = runner.invoke(app, ["profile-memory", str(path), "--methods", "mezo"])
+        assert no_gpu.exit_code == 2 and "--estimate-only" in no_gpu.output
