@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from zoft import __version__
+from zoft.cli.analyze_rank import analyze_rank
 from zoft.cli.eval import eval_command
 from zoft.cli.profile_memory import profile_memory
 from zoft.cli.train import train
@@ -20,6 +21,7 @@ app = typer.Typer(
 app.command()(train)
 app.command("eval")(eval_command)
 app.command("profile-memory")(profile_memory)
+app.command("analyze-rank")(analyze_rank)
 
 
 def _version(value: bool) -> None:

@@ -63,10 +63,27 @@ class MezoConfig(FixedQueries):
 
 @dataclass
 class LowRankConfig(FixedQueries):
-    rank: int = knob(2, "rank r of the direction of every 2-D tensor")
+    rank: int | str = knob(2, "rank r of every 2-D tensor's direction, or a rank file of `zoft analyze-rank`")
 
     def check(self, recipe):
-        return super().check(recipe) + ([] if self.rank >= 1 else ["method.rank: must be >= 1"])
+        return super().check(recipe) + rank_problems(self.rank)
+
+
+def rank_problems(rank: int | str) -> list[str]:
+    """A rank is a positive integer, or a JSON rank file {"ranks": {layer: r}, "default": r}."""
+    import json
+    from pathlib import Path
+
+    if isinstance(rank, int):
+        return [] if rank >= 1 else ["method.rank: must be >= 1"]
+    try:
+        data = json.loads(Path(rank).expanduser().read_text())
+        values = [data["default"], *data["ranks"].values()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        return [f"method.rank: {rank!r} is not a readable rank file ({type(err).__name__}); write one with zoft analyze-rank"]
+    if not all(isinstance(v, int) and v >= 1 for v in values):
+        return [f"method.rank: {rank!r}: every rank must be an integer >= 1"]
+    return []
 
 
 @METHOD_CONFIGS.register("lozo")
@@ -87,7 +104,7 @@ class LozoConfig(LowRankConfig):
 class SubzoConfig(LowRankConfig):
     """SubZO: Z = sqrt(mn)/r · P S_t Qᵀ with orthonormal P, Q redrawn every `update_interval` steps."""
 
-    rank: int = knob(8, "rank r of the subspace of every 2-D tensor")
+    rank: int | str = knob(8, "rank r of every 2-D tensor's subspace, or a rank file of `zoft analyze-rank`")
     update_interval: int = knob(2000, "steps between redraws of P and Q")
     optimizers = ("sgd",)
 

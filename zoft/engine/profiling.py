@@ -39,6 +39,10 @@ def estimates(recipe: Recipe, variants: list[str], batch: int, seq: int) -> dict
     model = meta_model(recipe.model) if recipe.model.config else _loaded_shape_model(recipe)
     shape = shape_of(model, batch, seq)
     rank = getattr(recipe.method, "rank", 2)
+    if isinstance(rank, str):  # a rank file: its default rank stands for every layer
+        from zoft.methods.lowrank import load_rank_file
+
+        rank = load_rank_file(rank)["default"]
     out = {"forward": forward_estimate(shape)}
     for variant in variants:
         name, optimizer = VARIANTS[variant]

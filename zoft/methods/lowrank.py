@@ -10,11 +10,29 @@ import torch
 from zoft.methods.base import ZOMethod, matrix
 
 
+def load_rank_file(path: str) -> dict:
+    """{layer name: rank, "default": rank} from a rank file written by `zoft analyze-rank`."""
+    import json
+
+    data = json.loads(open(path).read())
+    return {**data["ranks"], "default": data["default"]}
+
+
 class LowRankMethod(ZOMethod):
     """Dispatches 2-D (and higher) tensors to `perturb_matrix` / `update_matrix` on a 2-D view.
 
     Directions are applied with `addmm_` on the weight itself, so no m×n tensor is ever built.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        per_layer = load_rank_file(self.cfg.rank) if isinstance(self.cfg.rank, str) else {}
+        default = per_layer.get("default", self.cfg.rank)
+        self.ranks = {  # `method.rank` (or the rank file's entry), capped by the layer's dimensions
+            index: min(int(per_layer.get(name, default)), *matrix(p).shape)
+            for index, (name, p) in enumerate(self.params)
+            if not self.is_dense(p)
+        }
 
     def is_dense(self, p: torch.Tensor) -> bool:
         return p.ndim < 2
@@ -34,13 +52,12 @@ class LowRankMethod(ZOMethod):
                 self.decay(p, lr)
                 self.update_matrix(index, name, matrix(p), step, grads, lr)
 
-    def rank(self, w: torch.Tensor) -> int:
-        """`method.rank`, capped by the layer's own dimensions."""
-        return min(self.cfg.rank, *matrix(w).shape)
+    def rank(self, index: int) -> int:
+        return self.ranks[index]
 
-    def rank_scale(self, w: torch.Tensor) -> float:
+    def rank_scale(self, index: int) -> float:
         """1/r for estimators normalized to be unbiased (SPEC: lozo, tezo), else 1."""
-        return 1.0 / self.rank(w) if getattr(self.cfg, "normalize", False) else 1.0
+        return 1.0 / self.rank(index) if getattr(self.cfg, "normalize", False) else 1.0
 
     @abstractmethod
     def perturb_matrix(self, index: int, w: torch.Tensor, step: int, query: int, alpha: float) -> None:

@@ -22,15 +22,15 @@ class LOZO(LowRankMethod):
         self.momentum: dict[str, torch.Tensor] = {}
         self.momentum_basis = torch.zeros((), dtype=torch.long)  # k of the V that N is expressed against
         if self.optim.name == "momentum":
-            for name, p in self.params:
+            for index, (name, p) in enumerate(self.params):
                 if not self.is_dense(p):
-                    self.momentum[f"N.{name}"] = torch.zeros(p.shape[0], self.rank(p), dtype=p.dtype, device=p.device)
+                    self.momentum[f"N.{name}"] = torch.zeros(p.shape[0], self.rank(index), dtype=p.dtype, device=p.device)
 
     def v(self, index: int, w: torch.Tensor, k: int) -> torch.Tensor:
-        return gaussian((w.shape[1], self.rank(w)), w, self.seed, k, index, BASIS)
+        return gaussian((w.shape[1], self.rank(index)), w, self.seed, k, index, BASIS)
 
     def u(self, index: int, w: torch.Tensor, step: int, query: int) -> torch.Tensor:
-        return gaussian((w.shape[0], self.rank(w)), w, self.seed, step, query, index, DIRECTION)
+        return gaussian((w.shape[0], self.rank(index)), w, self.seed, step, query, index, DIRECTION)
 
     def perturb_matrix(self, index, w, step, query, alpha):
         w.addmm_(self.u(index, w, step, query), self.v(index, w, step // self.cfg.lazy_interval).T, alpha=alpha)
@@ -47,7 +47,7 @@ class LOZO(LowRankMethod):
             beta = self.optim.beta_values()[0]
             n_buf.mul_(beta).add_(factor, alpha=1 - beta)
             factor = n_buf
-        w.addmm_(factor, v.T, alpha=-lr * self.rank_scale(w))
+        w.addmm_(factor, v.T, alpha=-lr * self.rank_scale(index))
 
     def update(self, step: int, grads: Sequence[float], lr: float) -> None:
         super().update(step, grads, lr)

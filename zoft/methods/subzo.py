@@ -25,7 +25,7 @@ class SubZO(LowRankMethod):
         k = step // self.cfg.update_interval
         cached = self.subspaces.get(index)
         if cached is None or cached[0] != k:
-            m, n, r = *w.shape, self.rank(w)
+            m, n, r = *w.shape, self.rank(index)
             p = torch.linalg.qr(gaussian((m, r), w, self.seed, k, index, BASIS, 0, dtype=torch.float32))[0]
             q = torch.linalg.qr(gaussian((n, r), w, self.seed, k, index, BASIS, 1, dtype=torch.float32))[0]
             cached = (k, p.to(w.dtype), q.to(w.dtype))
@@ -33,16 +33,16 @@ class SubZO(LowRankMethod):
         return cached[1], cached[2]
 
     def s(self, index: int, w: torch.Tensor, step: int, query: int) -> torch.Tensor:
-        return gaussian((self.rank(w), self.rank(w)), w, self.seed, step, query, index, DIRECTION)
+        return gaussian((self.rank(index), self.rank(index)), w, self.seed, step, query, index, DIRECTION)
 
-    def scale(self, w: torch.Tensor) -> float:
-        return math.sqrt(w.shape[0] * w.shape[1]) / self.rank(w)
+    def scale(self, index: int, w: torch.Tensor) -> float:
+        return math.sqrt(w.shape[0] * w.shape[1]) / self.rank(index)
 
     def perturb_matrix(self, index, w, step, query, alpha):
         p, q = self.subspace(index, w, step)
-        w.addmm_(p @ self.s(index, w, step, query), q.T, alpha=alpha * self.scale(w))
+        w.addmm_(p @ self.s(index, w, step, query), q.T, alpha=alpha * self.scale(index, w))
 
     def update_matrix(self, index, name, w, step, grads, lr):
         p, q = self.subspace(index, w, step)
         core = sum(g * self.s(index, w, step, j) for j, g in enumerate(grads)) / len(grads)
-        w.addmm_(p @ core, q.T, alpha=-lr * self.scale(w))
+        w.addmm_(p @ core, q.T, alpha=-lr * self.scale(index, w))

@@ -19,11 +19,11 @@ class TeZO(LowRankMethod):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.factor_moments: dict[str, torch.Tensor] = {}
-        for name, p in self.params:
+        for index, (name, p) in enumerate(self.params):
             if not self.is_dense(p) and self.optim.name in ("momentum", "adam"):
-                self.factor_moments[f"m.{name}"] = torch.zeros(self.rank(p), dtype=torch.float32, device=p.device)
+                self.factor_moments[f"m.{name}"] = torch.zeros(self.rank(index), dtype=torch.float32, device=p.device)
                 if self.optim.name == "adam":
-                    self.factor_moments[f"v.{name}"] = torch.zeros(self.rank(p), dtype=torch.float32, device=p.device)
+                    self.factor_moments[f"v.{name}"] = torch.zeros(self.rank(index), dtype=torch.float32, device=p.device)
 
     def period(self, step: int) -> int:
         return step // self.cfg.refresh_interval if self.cfg.refresh_interval else 0
@@ -31,12 +31,12 @@ class TeZO(LowRankMethod):
     def basis(self, index: int, w: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """U and V, regenerated from their seed at each use: nothing m- or n-sized is kept."""
         k = self.period(step)
-        u = gaussian((w.shape[0], self.rank(w)), w, self.seed, k, index, BASIS, 0)
-        v = gaussian((w.shape[1], self.rank(w)), w, self.seed, k, index, BASIS, 1)
+        u = gaussian((w.shape[0], self.rank(index)), w, self.seed, k, index, BASIS, 0)
+        v = gaussian((w.shape[1], self.rank(index)), w, self.seed, k, index, BASIS, 1)
         return u, v
 
     def tau(self, index: int, w: torch.Tensor, step: int, query: int) -> torch.Tensor:
-        return gaussian((self.rank(w),), w, self.seed, step, query, index, DIRECTION)
+        return gaussian((self.rank(index),), w, self.seed, step, query, index, DIRECTION)
 
     def perturb_matrix(self, index, w, step, query, alpha):
         u, v = self.basis(index, w, step)
@@ -47,7 +47,7 @@ class TeZO(LowRankMethod):
         coeff = sum(g * self.tau(index, w, step, q).float() for q, g in enumerate(grads)) / len(grads)
         if self.optim.name != "sgd":
             coeff = self.factor_step(name, coeff, step)
-        w.addmm_(u * coeff.to(w.dtype), v.T, alpha=-lr * self.rank_scale(w))
+        w.addmm_(u * coeff.to(w.dtype), v.T, alpha=-lr * self.rank_scale(index))
 
     def factor_step(self, name: str, c: torch.Tensor, step: int) -> torch.Tensor:
         """Momentum or Adam on the r coefficients c_t = g_t τ_t; returns the coefficients to apply."""

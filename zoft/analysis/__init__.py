@@ -1,0 +1,1 @@
+"""Gradient analyses (low-rankness across layers and across time)."""
