@@ -10,7 +10,6 @@ from typer.testing import CliRunner
 from zoft.cli import app
 from zoft.config.loader import recipe_from_dict
 from zoft.engine.memory import VARIANTS, estimate, forward_activations, meta_model, shape_of
-from zoft.engine.objective import OBJECTIVES
 from zoft.engine.profiling import method_for, synthetic_batch
 from zoft.models.loading import load_model
 

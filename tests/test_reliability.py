@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 import random
 import signal
@@ -24,7 +23,7 @@ from zoft.config.loader import dotted_keys, recipe_from_dict
 from zoft.config.methods import METHOD_CONFIGS, MezoConfig
 from zoft.config.schema import OptimConfig, Recipe
 from zoft.engine import objective as objective_module
-from zoft.engine.trainer import RunStopped, Trainer
+from zoft.engine.trainer import RunStopped
 from zoft.methods import METHODS
 from zoft.tracking.metrics import read_metrics
 

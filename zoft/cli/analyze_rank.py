@@ -9,7 +9,6 @@ from typing import List, Optional
 
 import typer
 
-from zoft.cli.train import EXIT_BAD_INPUT
 from zoft.errors import ZoftError
 
 
@@ -27,10 +26,10 @@ def analyze_rank(
 ) -> None:
     """Spectra of the true gradients of chosen layers over T steps: heatmaps (terminal and PNG),
     CSV/JSON of every number, and a per-layer rank file for `method.rank`."""
-    from zoft.cli.console import console, show_problems
+    from zoft.cli.console import bad_input_exits, console
     from zoft.config import load_recipe
 
-    try:
+    with bad_input_exits():
         if train not in ("fo", "recipe"):
             raise ZoftError(f"--train: expected fo or recipe, got {train!r}", title="bad option")
         if steps < 1 or top_k < 1 or not 0 < threshold < 1 or sketch < 0:
@@ -43,9 +42,6 @@ def analyze_rank(
         names = [r.name for r in results]
         if focus is not None and focus not in names:
             raise ZoftError(f"--focus: {focus!r} is not among the studied layers ({', '.join(names[:4])}, ...)", title="bad option")
-    except ZoftError as err:
-        show_problems(err.title, err.problems)
-        raise typer.Exit(EXIT_BAD_INPUT)
     out = run_dir_of(resolved) / "rank"
     out.mkdir(parents=True, exist_ok=True)
     focused = next(r for r in results if r.name == (focus or names[0]))

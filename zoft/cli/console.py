@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+
+import typer
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -11,8 +14,22 @@ from rich.table import Table
 
 from zoft.engine.report import Reporter
 
+EXIT_BAD_INPUT = 2
+
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
+
+
+@contextlib.contextmanager
+def bad_input_exits():
+    """Bad input (a ZoftError) becomes its message, one line per problem, and exit code 2."""
+    from zoft.errors import ZoftError
+
+    try:
+        yield
+    except ZoftError as err:
+        show_problems(err.title, err.problems)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
 def show_problems(title: str, problems: list[str]) -> None:
@@ -133,7 +150,7 @@ class RichReporter(PlainReporter):
         self.progress.update(self.task, completed=record["step"], rate=f"{rate:.1f} it/s" if rate else "", info=info)
 
     def finish(self, summary: dict) -> None:
-        self.progress.stop()
+        self.close()
         super().finish(summary)
 
     def close(self) -> None:

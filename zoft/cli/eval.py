@@ -7,7 +7,6 @@ from typing import List, Optional
 
 import typer
 
-from zoft.cli.train import EXIT_BAD_INPUT
 from zoft.errors import ZoftError
 
 
@@ -24,10 +23,10 @@ def eval_command(
     """Score a base model or a run's checkpoint on tasks; write eval/*.json and print a table."""
     from rich.table import Table
 
-    from zoft.cli.console import console, metric_text, show_problems
+    from zoft.cli.console import bad_input_exits, console, metric_text
     from zoft.config import load_recipe
 
-    try:
+    with bad_input_exits():
         if split not in ("dev", "test"):
             raise ZoftError(f"--split: expected dev or test, got {split!r}", title="bad option")
         run_dir = Path(source)
@@ -45,9 +44,6 @@ def eval_command(
         out_dir = run_dir if is_run else run_dir_of(recipe)
         names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else [recipe.data.task]
         records = evaluate(recipe, out_dir, which, split, names, run_dir if is_run else None)
-    except ZoftError as err:
-        show_problems(err.title, err.problems)
-        raise typer.Exit(EXIT_BAD_INPUT)
     table = Table(title=f"zoft eval: {recipe.model.name_or_path}", title_justify="left")
     for column in ("task", "split", "checkpoint", "ICL shots", "score", "n"):
         table.add_column(column)

@@ -6,7 +6,6 @@ from typing import List, Optional
 
 import typer
 
-from zoft.cli.train import EXIT_BAD_INPUT
 from zoft.errors import ZoftError
 
 
@@ -21,10 +20,10 @@ def profile_memory(
 ) -> None:
     """Peak GPU memory (weights / method state / optimizer state / activations) and step time of
     each method, beside the forward-only floor and an analytic estimate; writes memory.json and memory.png."""
-    from zoft.cli.console import console, show_problems
+    from zoft.cli.console import bad_input_exits, console
     from zoft.config import load_recipe
 
-    try:
+    with bad_input_exits():
         resolved = load_recipe(recipe, overrides or [])
         from zoft.engine.profiling import estimates, measure
         from zoft.engine.trainer import run_dir_of
@@ -36,9 +35,6 @@ def profile_memory(
         seq = seq_len or resolved.data.max_length
         predicted = estimates(resolved, variants, batch, seq)
         measured = {} if estimate_only else measure(resolved, variants, batch, seq, steps)
-    except ZoftError as err:
-        show_problems(err.title, err.problems)
-        raise typer.Exit(EXIT_BAD_INPUT)
     report = build_report(resolved, variants, batch, seq, predicted, measured)
     out = run_dir_of(resolved)
     out.mkdir(parents=True, exist_ok=True)

@@ -6,9 +6,6 @@ from typing import List, Optional
 
 import typer
 
-from zoft.errors import ZoftError
-
-EXIT_BAD_INPUT = 2
 EXIT_STOPPED = 1  # a guard stopped the run (non-finite losses, divergence, out of memory)
 EXIT_INTERRUPTED = 130
 
@@ -21,17 +18,17 @@ def train(
     list_recipes: bool = typer.Option(False, "--list", help="List the packaged recipes and exit."),
 ) -> None:
     """Fine-tune a model on a task with one ZO method, as a recipe describes."""
-    from zoft.cli.console import console, make_reporter, show_problems
+    from zoft.cli.console import bad_input_exits, console, make_reporter, show_problems
     from zoft.config import dump_recipe, list_recipes as packaged, load_recipe
+    from zoft.errors import ZoftError
 
     if list_recipes:
         for name in packaged():
             console.print(name)
         return
-    if recipe is None:
-        show_problems("missing recipe", ["give a recipe file or a packaged recipe name (zoft train --list)"])
-        raise typer.Exit(EXIT_BAD_INPUT)
-    try:
+    with bad_input_exits():
+        if recipe is None:
+            raise ZoftError("give a recipe file or a packaged recipe name (zoft train --list)", title="missing recipe")
         resolved = load_recipe(recipe, overrides or [])
         if print_config:
             console.print(dump_recipe(resolved), end="", markup=False)
@@ -48,16 +45,13 @@ def train(
         try:
             Trainer(resolved, reporter).run()
         except Interrupted as stop:
-            getattr(reporter, "close", lambda: None)()
+            reporter.close()
             console.print(f"interrupted at step {stop.step}; checkpoint {stop.folder}. "
                           "Continue with checkpoint.resume=auto")
             raise typer.Exit(EXIT_INTERRUPTED)
         except RunStopped as stop:
-            getattr(reporter, "close", lambda: None)()
+            reporter.close()
             show_problems(stop.title, stop.problems)
             raise typer.Exit(EXIT_STOPPED)
         finally:
-            getattr(reporter, "close", lambda: None)()
-    except ZoftError as err:
-        show_problems(err.title, err.problems)
-        raise typer.Exit(EXIT_BAD_INPUT)
+            reporter.close()

@@ -15,6 +15,7 @@ from zoft.engine.memory import GIB, VARIANTS, Split, estimate, forward_estimate,
 from zoft.engine.objective import OBJECTIVES, Encoded
 from zoft.errors import ZoftError
 from zoft.methods import METHODS
+from zoft.methods.fo import FirstOrder
 from zoft.models.loading import load_model
 
 
@@ -69,23 +70,25 @@ def measure(recipe: Recipe, variants: list[str], batch: int, seq: int, steps: in
     loss_fn = lambda: objective.loss(model, data)  # noqa: E731
     results = {"forward": _run(lambda step: _forward(loss_fn), steps, device, weights, lambda: 0)}
     for variant in variants:
-        method = method_for(recipe, variant, params, recipe.run.seed)
-        grads = weights if VARIANTS[variant][0] == "fo" else 0  # first-order: gradients at the peak
-
-        def state_bytes():
-            return grads + sum(t.numel() * t.element_size() for t in method.state_dict().values())
-
         try:
-            results[variant] = _run(lambda step: method.step(loss_fn, step, 1e-9), steps, device, weights, state_bytes, grads)
+            results[variant] = _measure_method(method_for(recipe, variant, params, recipe.run.seed), loss_fn, steps, device, weights)
         except torch.OutOfMemoryError:
             results[variant] = {"oom": True}
-        for _, p in params:
+        for _, p in params:  # leave the model as the next method expects it
             p.requires_grad_(False)
             p.grad = None
-        del method
         gc.collect()
         torch.cuda.empty_cache()
     return results
+
+
+def _measure_method(method, loss_fn, steps: int, device, weights: int) -> dict:
+    grads = weights if isinstance(method, FirstOrder) else 0  # first-order: gradients at the peak
+
+    def state_bytes() -> int:
+        return grads + sum(t.numel() * t.element_size() for t in method.state_dict().values())
+
+    return _run(lambda step: method.step(loss_fn, step, 1e-9), steps, device, weights, state_bytes, grads)
 
 
 def _forward(loss_fn) -> None:

@@ -15,3 +15,6 @@ class Reporter:
     def message(self, text: str) -> None: ...
 
     def finish(self, summary: dict) -> None: ...
+
+    def close(self) -> None:
+        """Stop any live display (before a message is printed); safe to call twice."""
