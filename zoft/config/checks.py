@@ -54,6 +54,9 @@ def check_recipe(r: Recipe) -> list[str]:
     need(r.data.num_eval >= 1, "data.num_eval: must be >= 1")
     need(r.data.max_length >= 8, "data.max_length: must be >= 8")
     problems += r.method.check(r)
+    if r.params.mode == "lora":
+        need(r.params.lora_r >= 1, "params.lora_r: must be >= 1")
+        need(bool(r.params.lora_targets), "params.lora_targets: name at least one module")
     need(r.optim.lr >= 0, "optim.lr: must be >= 0")
     need(r.optim.weight_decay >= 0, "optim.weight_decay: must be >= 0")
     need(r.optim.adam_eps > 0, "optim.adam_eps: must be > 0")

@@ -35,7 +35,10 @@ class ModelConfig:
 
 @dataclass
 class ParamsConfig:
-    mode: Literal["full"] = knob("full", "which parameters ZO trains: full = every weight")
+    mode: Literal["full", "lora"] = knob("full", "which parameters are trained: full = every weight; lora = LoRA adapters (peft)")
+    lora_r: int = knob(8, "LoRA rank (MeZO: 8)")
+    lora_alpha: float = knob(16.0, "LoRA scaling numerator: the update is (alpha / r)·B·A (MeZO: 16)")
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"], metadata={"help": "module names that get adapters (MeZO: q_proj, v_proj)", "required": False})
 
 
 @dataclass

@@ -9,8 +9,7 @@ from pathlib import Path
 from zoft.config.schema import Recipe
 from zoft.data.tasks import TASKS
 from zoft.engine import checkpoint
-from zoft.engine.trainer import build_session
-from zoft.models.loading import load_model
+from zoft.engine.trainer import build_session, prepare_model
 
 
 def evaluate(recipe: Recipe, out_dir: Path, which: str, split: str, tasks: list[str], run_dir: Path | None) -> list[dict]:
@@ -27,11 +26,10 @@ def evaluate(recipe: Recipe, out_dir: Path, which: str, split: str, tasks: list[
         task_recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, task=name))
         heads = TASKS.get(name, "--tasks").num_labels
         if heads not in loaded:
-            model, tokenizer = load_model(recipe.model, recipe.run.seed, heads)
+            loaded[heads] = prepare_model(recipe, recipe.run.seed, heads)
             if folder is not None:
-                checkpoint.load_weights(folder, list(model.named_parameters()))
-            loaded[heads] = (model, tokenizer)
-        session = build_session(task_recipe, with_method=False, model_and_tokenizer=loaded[heads])
+                checkpoint.load_weights(folder, loaded[heads][2])
+        session = build_session(task_recipe, with_method=False, prepared=loaded[heads])
         items = session.dev if split == "dev" else session.test
         result = session.objective.evaluate(session.model, session.tokenizer, items, recipe.eval.batch_size)
         record = {

@@ -57,7 +57,7 @@ class Split:
 class Shape:
     """What the estimate needs to know of a model and a batch."""
 
-    params: tuple[tuple[tuple[int, ...], int], ...]  # (shape, bytes per element) of each trainable tensor
+    params: tuple[tuple[tuple[int, ...], int], ...]  # (shape, bytes per element) of each trained tensor
     hidden: int
     ffn: int
     layers: int
@@ -65,16 +65,20 @@ class Shape:
     gated_mlp: bool  # LLaMA-style gate and up projections
     act_bytes: int
     tokens: int  # batch × sequence
+    frozen: float = 0.0  # bytes of the weights that are not trained (the base model under LoRA)
 
 
-def shape_of(model, batch: int, seq: int) -> Shape:
-    """Read a Shape from a (meta, or real) model and the batch geometry."""
+def shape_of(model, batch: int, seq: int, trained=None) -> Shape:
+    """Read a Shape from a (meta, or real) model, the tensors it trains (default: all) and the batch."""
     c = model.config
     ffn = getattr(c, "intermediate_size", None) or getattr(c, "ffn_dim", None) or 4 * c.hidden_size
-    params = tuple((tuple(p.shape), p.element_size()) for p in model.parameters())
+    trained = [p for _, p in trained] if trained is not None else list(model.parameters())
+    ids = {id(p) for p in trained}
+    params = tuple((tuple(p.shape), p.element_size()) for p in trained)
+    frozen = float(sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in ids))
     dtype = next(model.parameters()).dtype
     return Shape(params, c.hidden_size, ffn, c.num_hidden_layers, c.vocab_size,
-                 hasattr(c, "intermediate_size"), torch.finfo(dtype).bits // 8, batch * seq)
+                 hasattr(c, "intermediate_size"), torch.finfo(dtype).bits // 8, batch * seq, frozen)
 
 
 def forward_activations(s: Shape) -> float:
@@ -96,7 +100,7 @@ def stored_activations(s: Shape) -> float:
 
 def forward_estimate(s: Shape) -> Split:
     """The floor: weights and one inference forward."""
-    return Split(float(sum(int(torch.Size(shape).numel()) * b for shape, b in s.params)), 0.0, 0.0, forward_activations(s))
+    return Split(s.frozen + sum(int(torch.Size(shape).numel()) * b for shape, b in s.params), 0.0, 0.0, forward_activations(s))
 
 
 def estimate(s: Shape, method: str, optimizer: str, rank: int = 2) -> Split:
@@ -104,7 +108,8 @@ def estimate(s: Shape, method: str, optimizer: str, rank: int = 2) -> Split:
     matrices = [(shape, b) for shape, b in s.params if len(shape) >= 2]
     vectors = [(shape, b) for shape, b in s.params if len(shape) < 2]
     numel = lambda shape: int(torch.Size(shape).numel())  # noqa: E731
-    weights = float(sum(numel(shape) * b for shape, b in s.params))
+    trained = float(sum(numel(shape) * b for shape, b in s.params))
+    weights = s.frozen + trained
     largest = max(numel(shape) * b for shape, b in s.params)
     moments = {"sgd": 0, "momentum": 1, "adam": 2}[optimizer]
     dense_moments = moments * sum(numel(shape) * b for shape, b in (s.params if method in ("mezo", "adazeta", "fo") else vectors))
@@ -114,8 +119,8 @@ def estimate(s: Shape, method: str, optimizer: str, rank: int = 2) -> Split:
         optimizer_state = dense_moments
         transient = largest * (1 + moments)  # z, plus the estimate and Adam's denominator
     elif method == "fo":  # moments and gradients; activations stored for backward are freed as
-        optimizer_state = dense_moments + weights  # gradients fill in, so only the excess counts
-        transient = max(stored_activations(s) - weights, 0.0)
+        optimizer_state = dense_moments + trained  # gradients fill in, so only the excess counts
+        transient = max(stored_activations(s) - trained, 0.0)
     else:
         transient = 0.0  # rank-r factors only: no m×n tensor is built
         if method == "subzo":  # cached orthonormal bases, (m + n)·r per layer

@@ -16,7 +16,9 @@ from zoft.engine.objective import OBJECTIVES, Encoded
 from zoft.errors import ZoftError
 from zoft.methods import METHODS
 from zoft.methods.fo import FirstOrder
+from zoft.engine.trainer import prepare_model
 from zoft.models.loading import load_model
+from zoft.models.params import trainable
 
 
 def synthetic_batch(vocab: int, batch: int, seq: int, device: torch.device):
@@ -38,7 +40,8 @@ def method_for(recipe: Recipe, variant: str, params, seed: int):
 def estimates(recipe: Recipe, variants: list[str], batch: int, seq: int) -> dict[str, Split]:
     """The analytic split of each variant (and of the forward pass, as "forward"), no GPU needed."""
     model = meta_model(recipe.model) if recipe.model.config else _loaded_shape_model(recipe)
-    shape = shape_of(model, batch, seq)
+    model, trained = trainable(model, recipe.params, recipe.run.seed)
+    shape = shape_of(model, batch, seq, trained)
     rank = getattr(recipe.method, "rank", 2)
     if isinstance(rank, str):  # a rank file: its default rank stands for every layer
         from zoft.methods.lowrank import load_rank_file
@@ -62,9 +65,8 @@ def measure(recipe: Recipe, variants: list[str], batch: int, seq: int, steps: in
     if not torch.cuda.is_available():
         raise ZoftError("profile-memory measures on a CUDA GPU; none is visible (--estimate-only needs none)", title="no GPU")
     torch.cuda.empty_cache()
-    model, _ = load_model(recipe.model, recipe.run.seed)
+    model, _, params = prepare_model(recipe, recipe.run.seed)
     device = next(model.parameters()).device
-    params = list(model.named_parameters())
     weights = torch.cuda.memory_allocated(device)
     objective, data = synthetic_batch(model.config.vocab_size, batch, seq, device)
     loss_fn = lambda: objective.loss(model, data)  # noqa: E731
@@ -83,7 +85,8 @@ def measure(recipe: Recipe, variants: list[str], batch: int, seq: int, steps: in
 
 
 def _measure_method(method, loss_fn, steps: int, device, weights: int) -> dict:
-    grads = weights if isinstance(method, FirstOrder) else 0  # first-order: gradients at the peak
+    trained = sum(p.numel() * p.element_size() for _, p in method.params)
+    grads = trained if isinstance(method, FirstOrder) else 0  # first-order: gradients at the peak
 
     def state_bytes() -> int:
         return grads + sum(t.numel() * t.element_size() for t in method.state_dict().values())

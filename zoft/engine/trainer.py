@@ -30,6 +30,7 @@ from zoft.engine.schedule import lr_at
 from zoft.errors import ZoftError
 from zoft.methods import METHODS, Method, ZOMethod
 from zoft.models.loading import load_model
+from zoft.models.params import trainable
 from zoft.tracking.metrics import MetricsLog
 
 # keys that shape the trajectory: a resumed run must not change them
@@ -79,14 +80,21 @@ class Session:
         return self.tokenizer.pad_token_id
 
 
-def build_session(recipe: Recipe, with_method: bool = True, model_and_tokenizer=None) -> Session:
-    """Model, data and (unless only evaluating) the method that a recipe describes."""
+def prepare_model(recipe: Recipe, seed: int, num_labels: int = 0):
+    """(model, tokenizer, trained tensors) as the recipe's model and params sections say."""
+    model, tokenizer = load_model(recipe.model, seed, num_labels)
+    model, params = trainable(model, recipe.params, seed)
+    return model, tokenizer, params
+
+
+def build_session(recipe: Recipe, with_method: bool = True, prepared=None) -> Session:
+    """Model, data and (unless only evaluating) the method that a recipe describes; `prepared`
+    is a (model, tokenizer, trained tensors) to reuse across tasks."""
     seed = recipe.run.seed
     task = TASKS.get(recipe.data.task, "data.task")
-    model, tokenizer = model_and_tokenizer or load_model(recipe.model, seed, task.num_labels)
+    model, tokenizer, params = prepared or prepare_model(recipe, seed, task.num_labels)
     data_seed = recipe.data.seed if recipe.data.seed is not None else seed
     splits = sample_splits(recipe.data, data_seed)
-    params = list(model.named_parameters())  # params.mode == full
     method = None
     if with_method:
         method = METHODS.get(recipe.method.name, "method.name")(
