@@ -27,6 +27,10 @@ def check_recipe(r: Recipe) -> list[str]:
     name = r.model.name_or_path or ""
     if (r.model.name_or_path is None) == (r.model.config is None):
         problems.append("model.name_or_path: give either model.name_or_path (weights) or model.config (a shape, random weights)")
+    if r.model.device_map is not None:
+        need(r.model.config is None and not name.startswith(TINY_PREFIX),
+             "model.device_map: needs weights to place (model.name_or_path of a real model)")
+    need(r.model.max_memory is None or r.model.device_map is not None, "model.max_memory: only with model.device_map: auto")
     if r.model.config is not None:
         problem = shape_problem(r.model.config)
         need(problem is None, problem or "")

@@ -31,6 +31,8 @@ class ModelConfig:
     gguf_file: str | None = knob(None, "GGUF file (path, or name inside name_or_path); dequantized on load")
     device: Literal["auto", "cpu", "cuda"] = knob("auto", "auto = cuda when available, else cpu")
     trust_remote_code: bool = knob(False, "run model code from the hub; off unless asked for")
+    device_map: Literal["auto"] | None = knob(None, "auto: one process spreads the model's layers over the visible GPUs (accelerate)")
+    max_memory: list[str] | None = knob(None, "with device_map: memory budget per GPU in order, e.g. [20GiB, 20GiB]")
 
 
 @dataclass

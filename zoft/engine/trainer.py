@@ -22,6 +22,7 @@ from zoft.config.schema import Recipe
 from zoft.data.loading import sample_splits, with_demonstrations
 from zoft.data.tasks import TASKS, Task
 from zoft.engine import checkpoint
+from zoft.engine.distributed import init_world
 from zoft.engine.memory import peak_memory_gib
 from zoft.engine.objective import OBJECTIVES, Encoded, Objective, encode
 from zoft.engine.report import Reporter
@@ -167,15 +168,38 @@ def _loss_fn(objective: Objective, model, batch):
 class Trainer:
     def __init__(self, recipe: Recipe, reporter: Reporter | None = None):
         self.recipe = recipe
-        self.reporter = reporter or Reporter()
+        self.world = init_world()
+        if self.world.size > 1:
+            self._check_distributed()
+        self.reporter = (reporter or Reporter()) if self.world.is_main else Reporter()
         self.run_dir = run_dir_of(recipe)
         self.ckpt_root = self.run_dir / "checkpoints"
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.world.is_main)
         self.interrupted = False
+
+    def _check_distributed(self) -> None:
+        r, size = self.recipe, self.world.size
+        problems = []
+        if r.train.batch_size % size:
+            problems.append(f"train.batch_size: {r.train.batch_size} does not split evenly over {size} ranks")
+        if r.method.name == "fo":
+            problems.append("method.name: fo averages no gradients across ranks; run it in one process")
+        if r.model.device_map is not None:
+            problems.append("model.device_map: one process spreads a model over GPUs; do not combine it with torchrun")
+        if problems:
+            raise ZoftError(problems, title="cannot run data-parallel")
 
     # ---- run directory -------------------------------------------------------------------
     def _prepare_run_dir(self) -> Path | None:
-        """Create or reuse the run directory; the checkpoint to resume from, if any."""
+        """Create or reuse the run directory (rank 0); the checkpoint to resume from, if any."""
+        if self.world.is_main:
+            resume_from = self._prepare_run_dir_main()
+        self.world.barrier()
+        if not self.world.is_main:
+            resume_from = checkpoint.newest(self.ckpt_root) if self.recipe.checkpoint.resume else None
+        return resume_from
+
+    def _prepare_run_dir_main(self) -> Path | None:
         recipe, run_dir = self.recipe, self.run_dir
         checkpoint.recover(self.ckpt_root)
         resume_from = checkpoint.newest(self.ckpt_root) if recipe.checkpoint.resume else None
@@ -210,6 +234,8 @@ class Trainer:
             raise ZoftError(changed, title="cannot resume: the recipe changed what the run trains")
 
     def _write_run_files(self) -> None:
+        if not self.world.is_main:
+            return
         (self.run_dir / "config.yaml").write_text(dump_recipe(self.recipe))
         meta = {
             "zoft": __version__,
@@ -228,14 +254,18 @@ class Trainer:
         result = session.objective.evaluate(session.model, session.tokenizer, items, self.recipe.eval.batch_size)
         record = {"step": step, "split": split, **result, "time_s": round(elapsed, 3)}
         self.metrics.write(record)
-        (self.run_dir / "eval").mkdir(exist_ok=True)
-        (self.run_dir / "eval" / f"{split}_{checkpoint.step_name(step)}.json").write_text(json.dumps(record, indent=1))
+        if self.world.is_main:
+            (self.run_dir / "eval").mkdir(exist_ok=True)
+            (self.run_dir / "eval" / f"{split}_{checkpoint.step_name(step)}.json").write_text(json.dumps(record, indent=1))
         self.reporter.eval(record)
         return record
 
     def _save(self, session: Session, step: int, state: dict, name: str | None = None) -> Path:
+        folder = self.ckpt_root / (name or checkpoint.step_name(step))
+        if not self.world.is_main:
+            return folder
         folder = checkpoint.save(
-            self.ckpt_root / (name or checkpoint.step_name(step)),
+            folder,
             session.params,
             session.method.state_dict(),
             {**state, "step": step},
@@ -292,7 +322,7 @@ class Trainer:
                 self._track_best(session, state, done, elapsed)
             if recipe.checkpoint.every and done % recipe.checkpoint.every == 0:
                 self._save(session, done, {**state, "elapsed_s": elapsed()})
-            if self.interrupted:
+            if self.world.any(self.interrupted):
                 folder = self._save(session, done, {**state, "elapsed_s": elapsed()})
                 raise Interrupted(done, folder)
             step = done
@@ -300,9 +330,11 @@ class Trainer:
 
     def _train_step(self, session: Session, batcher: Batcher, step: int, state: dict, elapsed) -> dict:
         recipe = self.recipe
-        batch = session.objective.train_batch(batcher.batch(step), session.pad_id).to(session.device)
+        items = self.world.shard(batcher.batch(step))
+        batch = session.objective.train_batch(items, session.pad_id).to(session.device)
         lr = lr_at(step, recipe.optim, recipe.train.max_steps) * state["lr_scale"]
-        result = session.method.step(_loss_fn(session.objective, session.model, batch), step, lr)
+        loss_fn = _loss_fn(session.objective, session.model, batch)
+        result = session.method.step(lambda: self.world.mean(loss_fn()), step, lr)
         record = {
             "step": step + 1,
             "loss": result.loss if result.finite else None,
@@ -411,7 +443,7 @@ class Trainer:
         test = None
         if recipe.eval.test and session.test:
             test = self._evaluate(session, "test", state["best_step"] or steps, elapsed())[session.objective.metric]
-        if recipe.checkpoint.save_final:
+        if recipe.checkpoint.save_final and self.world.is_main:
             session.model.save_pretrained(self.run_dir / "model")
             session.tokenizer.save_pretrained(self.run_dir / "model")
         summary = {
@@ -427,8 +459,10 @@ class Trainer:
             "time_s": round(elapsed(), 2),
             "peak_mem_gib": round(peak_memory_gib(session.device), 3),
         }
-        (self.run_dir / "results.json").write_text(json.dumps(summary, indent=1))
+        if self.world.is_main:
+            (self.run_dir / "results.json").write_text(json.dumps(summary, indent=1))
         self.reporter.finish(summary)
+        self.world.barrier()
         return summary
 
     # ---- Ctrl-C --------------------------------------------------------------------------

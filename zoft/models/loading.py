@@ -36,7 +36,9 @@ def load_model(cfg: ModelConfig, seed: int, num_labels: int = 0):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.requires_grad_(False)
-    return model.to(device).eval(), tokenizer
+    if cfg.device_map is None:
+        model = model.to(device)
+    return model.eval(), tokenizer
 
 
 def random_model(cfg: ModelConfig, seed: int, num_labels: int, device: torch.device):
@@ -66,6 +68,10 @@ def _from_pretrained(cfg: ModelConfig, seed: int, num_labels: int):
     if cfg.gguf_file:
         kwargs["gguf_file"] = cfg.gguf_file
     weights = {} if cfg.gguf_file else {"use_safetensors": True}  # never unpickle weights
+    if cfg.device_map is not None:  # accelerate places the layers over the GPUs, within max_memory
+        weights["device_map"] = cfg.device_map
+        if cfg.max_memory:
+            weights["max_memory"] = dict(enumerate(cfg.max_memory))
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         if num_labels:

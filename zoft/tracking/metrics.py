@@ -7,12 +7,13 @@ from pathlib import Path
 
 
 class MetricsLog:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, enabled: bool = True):
         self.path = path
+        self.enabled = enabled  # only one process of a distributed run writes
 
     def truncate_after(self, step: int) -> None:
         """Drop events after `step` (written after the checkpoint a resume starts from)."""
-        if not self.path.exists():
+        if not self.enabled or not self.path.exists():
             return
         kept = []
         for line in self.path.read_text().splitlines():
@@ -25,6 +26,8 @@ class MetricsLog:
         self.path.write_text("".join(f"{line}\n" for line in kept))
 
     def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
 

@@ -1,0 +1,65 @@
+"""Data-parallel ZO over torch.distributed: every rank draws the same directions from the same
+seeds, evaluates its shard of the batch, and the losses of each query are averaged with one
+all-reduce of a scalar; every rank then applies the identical update. Rank 0 alone writes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, items: list) -> list:
+        """This rank's contiguous share of a global batch (sizes must divide evenly)."""
+        per_rank = len(items) // self.size
+        return items[self.rank * per_rank : (self.rank + 1) * per_rank]
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is True on one (Ctrl-C reaches ranks at different steps)."""
+        if self.size == 1:
+            return flag
+        value = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            dist.barrier()
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The average of a scalar over ranks (itself on a single process)."""
+        if self.size == 1:
+            return value
+        reduced = value.detach().clone().reshape(1)
+        dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+        return reduced[0] / self.size
+
+
+def init_world() -> World:
+    """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPU."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend)
+    return World(rank, size, local_rank)
