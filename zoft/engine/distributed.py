@@ -38,6 +38,11 @@ class World:
         if self.size > 1:
             dist.barrier()
 
+    def close(self) -> None:
+        """Leave the process group at the end of a run (NCCL warns otherwise)."""
+        if self.size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
     @property
     def device(self) -> torch.device:
         return torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")

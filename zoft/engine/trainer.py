@@ -305,6 +305,7 @@ class Trainer:
                 return self._finish(session, state, elapsed)
         finally:
             self._restore_interrupt_handler(previous)
+            self.world.close()
 
     def _loop(self, session: Session, state: dict, step: int, elapsed) -> None:
         recipe = self.recipe
