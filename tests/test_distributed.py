@@ -1,6 +1,5 @@
 """Data-parallel ZO on CPU: 2 gloo processes under torchrun equal one process with the same global batch."""
 
-import copy
 import os
 import socket
 import subprocess
@@ -11,7 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from test_train import run_dir, train, train_records
+from test_train import run_dir, train, train_copy, train_records
 
 
 def free_port() -> int:
@@ -33,9 +32,7 @@ def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(tiny, tmp_p
     tiny["method"] = method
     tiny["train"].update(max_steps=8, batch_size=8)
     tiny["eval"] = {"every": 4, "at_start": True, "test": True}
-    single = copy.deepcopy(tiny)
-    single["run"]["name"] = "single"
-    train(single)
+    single = train_copy(tiny, "single")
 
     tiny["run"]["name"] = "ddp"
     done = torchrun(tiny, tmp_path / "ddp.yaml", 2)
@@ -55,9 +52,7 @@ def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(tiny, tmp_p
 def test_resume_on_a_different_number_of_ranks_keeps_the_trajectory(tiny, tmp_path):
     tiny["train"].update(max_steps=8, batch_size=8)
     tiny["eval"] = {"every": 0, "at_start": False, "test": False}
-    whole = copy.deepcopy(tiny)
-    whole["run"]["name"] = "whole"
-    train(whole)
+    whole = train_copy(tiny, "whole")
     tiny["train"]["max_steps"] = 4
     done = torchrun(tiny, tmp_path / "a.yaml", 2)  # 4 steps on 2 ranks
     assert done.returncode == 0, done.stderr[-3000:]

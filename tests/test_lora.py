@@ -1,6 +1,5 @@
 """params.mode lora: PEFT adapters trained by ZO, checkpointed, resumed exactly, saved for peft."""
 
-import copy
 import json
 
 import pytest
@@ -13,7 +12,7 @@ from zoft.config.loader import recipe_from_dict
 from zoft.errors import ZoftError
 from zoft.models.tiny import build_tiny
 
-from test_train import run_dir, train, train_records
+from test_train import assert_resume_is_exact, run_dir, train
 
 
 @pytest.fixture
@@ -55,15 +54,7 @@ def test_the_saved_adapter_loads_with_peft_and_reproduces_the_trained_model(lora
 @pytest.mark.parametrize("method, optim", [({"name": "mezo"}, {"lr": 1e-2}), ({"name": "tezo", "rank": 2}, {"name": "adam", "lr": 1e-3})])
 def test_lora_runs_resume_bit_identically(lora, method, optim):
     lora["method"], lora["optim"] = method, optim
-    whole = copy.deepcopy(lora)
-    whole["run"]["name"] = "whole"
-    train(whole)
-    lora["train"]["max_steps"] = 3
-    train(lora)
-    lora["train"]["max_steps"] = 6
-    lora["checkpoint"]["resume"] = "auto"
-    train(lora)
-    assert train_records(lora) == train_records(whole)
+    assert_resume_is_exact(lora)
 
 
 def test_eval_of_a_lora_run_applies_the_adapter(lora):

@@ -27,7 +27,7 @@ from zoft.engine.trainer import RunStopped
 from zoft.methods import METHODS
 from zoft.tracking.metrics import read_metrics
 
-from test_train import run_dir, train, train_records
+from test_train import run_dir, train, train_copy, train_records
 
 
 class Faulty:
@@ -126,9 +126,7 @@ def oom(at_call):
 def test_oom_in_a_step_checkpoints_the_intact_weights_and_resume_is_exact(tiny, monkeypatch, tmp_path):
     tiny["method"]["restore"] = "copy"
     tiny["eval"] = {"every": 0, "at_start": False, "test": False}
-    whole = copy.deepcopy(tiny)
-    whole["run"]["name"] = "whole"
-    train(whole)
+    whole = train_copy(tiny, "whole")
 
     faulty = Faulty(monkeypatch, oom(2 * 3 + 2))  # the L(θ−εZ) pass of step 4: weights perturbed
     with pytest.raises(RunStopped) as info:
@@ -180,9 +178,7 @@ def test_kill_9_at_any_moment_loses_only_work_since_the_last_checkpoint(tiny, tm
     tiny["train"]["max_steps"] = 120
     tiny["checkpoint"].update(every=1, keep_last=2)
     tiny["eval"] = {"every": 40, "at_start": False, "test": False}
-    whole = copy.deepcopy(tiny)
-    whole["run"]["name"] = "whole"
-    train(whole)
+    whole = train_copy(tiny, "whole")
 
     tiny["checkpoint"]["resume"] = "auto"
     path = tmp_path / "r.yaml"
