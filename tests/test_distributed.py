@@ -49,6 +49,31 @@ def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(tiny, tmp_p
         assert r2["proj_grad"] == pytest.approx(r1["proj_grad"], rel=1e-3, abs=1e-3)
 
 
+@pytest.mark.parametrize("method", [{"name": "mezo", "n_queries": 4}, {"name": "adazeta", "max_queries": 3, "query_rate": 1.0, "query_shrink": 1.0}])
+def test_ranks_spreading_the_queries_equal_one_process_doing_them_all(tiny, tmp_path, method):
+    """AdaZeta-style: each rank evaluates its queries on the whole batch; one all-reduce of q numbers.
+    Exact with restore=copy: in-place restores leave rounding drift that depends on how many
+    queries a process evaluated before (one process: all earlier ones; a rank: its own)."""
+    tiny["method"] = {**method, "restore": "copy"}
+    tiny["train"].update(max_steps=6, batch_size=4, spread_queries=True)
+    tiny["data"]["num_train"] = 12  # 3 steps per epoch: AdaZeta's query count grows within the run
+    tiny["eval"] = {"every": 0, "at_start": False, "test": False}
+    single = train_copy(tiny, "single")
+    tiny["run"]["name"] = "spread"
+    done = torchrun(tiny, tmp_path / "spread.yaml", 2)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    one, two = train_records(single), train_records(tiny)
+    assert [len(r["proj_grad"]) if isinstance(r["proj_grad"], list) else 1 for r in two] == \
+           [len(r["proj_grad"]) if isinstance(r["proj_grad"], list) else 1 for r in one]
+    assert max(len(r["proj_grad"]) if isinstance(r["proj_grad"], list) else 1 for r in two) > 1
+    for r1, r2 in zip(one, two):
+        assert r2["proj_grad"] == pytest.approx(r1["proj_grad"], rel=1e-6, abs=1e-9)
+    a = load_file(run_dir(single) / "checkpoints" / "step_0000006" / "trainable.safetensors")
+    b = load_file(run_dir(tiny) / "checkpoints" / "step_0000006" / "trainable.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-6, atol=1e-7)
+
+
 def test_resume_on_a_different_number_of_ranks_keeps_the_trajectory(tiny, tmp_path):
     tiny["train"].update(max_steps=8, batch_size=8)
     tiny["eval"] = {"every": 0, "at_start": False, "test": False}

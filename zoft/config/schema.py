@@ -75,6 +75,7 @@ class OptimConfig:
 class TrainConfig:
     max_steps: int = knob(1000, "optimizer steps")
     batch_size: int = knob(16, "examples per step")
+    spread_queries: bool = knob(False, "with torchrun: ranks split the step's queries (each on the whole batch) instead of the batch")
     max_bad_steps: int = knob(5, "stop after this many steps in a row with a non-finite loss or gradient (each is skipped)")
     divergence_factor: float | None = knob(None, "roll back to the last checkpoint when the loss exceeds this many times its running mean; null = off")
     max_rollbacks: int = knob(3, "stop after this many rollbacks")

@@ -47,6 +47,18 @@ class World:
     def device(self) -> torch.device:
         return torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
 
+    def mine(self, count: int) -> range:
+        """The queries of a step this rank evaluates when queries are spread: j ≡ rank (mod size)."""
+        return range(self.rank, count, self.size)
+
+    def combine(self, values: list[float]) -> list[float]:
+        """Each query's number from the rank that computed it (the others hold zeros): a sum."""
+        if self.size == 1:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor.tolist()
+
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The average of a scalar over ranks (itself on a single process)."""
         if self.size == 1:

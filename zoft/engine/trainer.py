@@ -180,7 +180,7 @@ class Trainer:
     def _check_distributed(self) -> None:
         r, size = self.recipe, self.world.size
         problems = []
-        if r.train.batch_size % size:
+        if r.train.batch_size % size and not r.train.spread_queries:
             problems.append(f"train.batch_size: {r.train.batch_size} does not split evenly over {size} ranks")
         if r.method.name == "fo":
             problems.append("method.name: fo averages no gradients across ranks; run it in one process")
@@ -331,11 +331,15 @@ class Trainer:
 
     def _train_step(self, session: Session, batcher: Batcher, step: int, state: dict, elapsed) -> dict:
         recipe = self.recipe
-        items = self.world.shard(batcher.batch(step))
+        spread = self.world.size > 1 and recipe.train.spread_queries
+        items = batcher.batch(step) if spread else self.world.shard(batcher.batch(step))
         batch = session.objective.train_batch(items, session.pad_id).to(session.device)
         lr = lr_at(step, recipe.optim, recipe.train.max_steps) * state["lr_scale"]
         loss_fn = _loss_fn(session.objective, session.model, batch)
-        result = session.method.step(lambda: self.world.mean(loss_fn()), step, lr)
+        if spread:  # each rank: its queries on the whole batch; one all-reduce of q numbers
+            result = session.method.step(loss_fn, step, lr, queries=self.world)
+        else:  # each rank: its share of the batch; one all-reduce of a scalar per pass
+            result = session.method.step(lambda: self.world.mean(loss_fn()), step, lr)
         record = {
             "step": step + 1,
             "loss": result.loss if result.finite else None,

@@ -40,7 +40,8 @@ class Method(ABC):
         self.max_steps = max_steps
 
     @abstractmethod
-    def step(self, loss_fn: LossFn, step: int, lr: float) -> StepResult: ...
+    def step(self, loss_fn: LossFn, step: int, lr: float, queries=None) -> StepResult:
+        """One update; `queries` spreads a ZO step's queries over processes (ZOMethod.estimate)."""
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors kept between steps (empty for stateless methods)."""
@@ -138,18 +139,21 @@ class ZOMethod(Method):
         if self.optim.weight_decay and p.ndim > 1:
             p.mul_(1 - lr * self.optim.weight_decay)
 
-    def step(self, loss_fn: LossFn, step: int, lr: float) -> StepResult:
+    def step(self, loss_fn: LossFn, step: int, lr: float, queries=None) -> StepResult:
         """Estimate, then update, unless a loss or projected gradient is not finite."""
-        result = self.estimate(loss_fn, step)
+        result = self.estimate(loss_fn, step, queries)
         if not result.finite:
             result.applied = False
             return result
         self.update(step, result.grads, lr)
         return result
 
-    def estimate(self, loss_fn: LossFn, step: int) -> StepResult:
+    def estimate(self, loss_fn: LossFn, step: int, queries=None) -> StepResult:
         """Perturb, evaluate and restore for each query; the weights are left as they were.
 
+        `queries`, when given, spreads the step's queries over processes: it says which ones
+        this process evaluates (`mine(q)`) and sums each query's numbers over processes
+        (`combine(values)`), so every process ends with all of them.
         If a forward pass raises (out of memory, Ctrl-C), the perturbation in flight is undone
         before the exception goes on, so the weights stay those of the last completed step.
         """
@@ -173,26 +177,28 @@ class ZOMethod(Method):
             with torch.inference_mode():
                 return float(loss_fn())
 
-        grads, losses = [], []
+        count = self.queries(step)
+        grads, losses = [0.0] * count, [0.0] * count
         try:
             base = loss() if cfg.perturbation == "one_side" else None
-            for query in range(self.queries(step)):
+            for query in (range(count) if queries is None else queries.mine(count)):
                 move(query, +1.0)
                 plus = loss()
                 if base is not None:
                     restore()
-                    grads.append((plus - base) / cfg.eps)
+                    grads[query], losses[query] = (plus - base) / cfg.eps, base
                     continue
                 move(query, -2.0)
                 minus = loss()
                 restore()
-                grads.append((plus - minus) / (2 * cfg.eps))
-                losses.append((plus + minus) / 2)
+                grads[query], losses[query] = (plus - minus) / (2 * cfg.eps), (plus + minus) / 2
         except BaseException:
             if applied["scale"]:
                 restore()
             raise
-        return StepResult(base if base is not None else sum(losses) / len(losses), grads)
+        if queries is not None:
+            grads, losses = queries.combine(grads), queries.combine(losses)
+        return StepResult(sum(losses) / count, grads)
 
 
 def matrix(p: torch.Tensor) -> torch.Tensor:
