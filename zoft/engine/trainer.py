@@ -249,16 +249,20 @@ class Trainer:
         (self.run_dir / "meta.json").write_text(json.dumps(meta, indent=1))
 
     # ---- evaluation and checkpoints ------------------------------------------------------
-    def _evaluate(self, session: Session, split: str, step: int, elapsed: float) -> dict:
+    def _evaluate(self, session: Session, split: str, step: int) -> dict:
         items = session.dev if split == "dev" else session.test
         result = session.objective.evaluate(session.model, session.tokenizer, items, self.recipe.eval.batch_size)
-        record = {"step": step, "split": split, **result, "time_s": round(elapsed, 3)}
+        record = {"step": step, "split": split, **result, "time_s": round(self.elapsed(), 3)}
         self.metrics.write(record)
         if self.world.is_main:
             (self.run_dir / "eval").mkdir(exist_ok=True)
             (self.run_dir / "eval" / f"{split}_{checkpoint.step_name(step)}.json").write_text(json.dumps(record, indent=1))
         self.reporter.eval(record)
         return record
+
+    def elapsed(self) -> float:
+        """Seconds of training, earlier sessions of a resumed run included."""
+        return time.perf_counter() - self.began
 
     def _save(self, session: Session, step: int, state: dict, name: str | None = None) -> Path:
         folder = self.ckpt_root / (name or checkpoint.step_name(step))
@@ -268,7 +272,7 @@ class Trainer:
             folder,
             session.params,
             session.method.state_dict(),
-            {**state, "step": step},
+            {**state, "elapsed_s": self.elapsed(), "step": step},
         )
         if name is None:
             checkpoint.mark_latest(self.ckpt_root, folder)
@@ -290,46 +294,44 @@ class Trainer:
             start, state = loaded.step, {**state, **loaded.state}
             self.metrics.truncate_after(start)
             self.reporter.message(f"resumed from {resume_from} (step {start})")
+        state["step"] = start  # the weights are those after state["step"] steps; kept up to date
         self._write_run_files()
-        began = time.perf_counter() - state["elapsed_s"]
-        elapsed = lambda: time.perf_counter() - began  # noqa: E731
+        self.began = time.perf_counter() - state["elapsed_s"]
 
         previous = self._install_interrupt_handler()
         try:
-            with self._out_of_memory_guard(session, state, elapsed):
+            with self._out_of_memory_guard(session, state):
                 if start == 0 and recipe.eval.at_start:
                     for split in ("dev", "test") if recipe.eval.test else ("dev",):
                         if getattr(session, split):
-                            state["zero_shot"][split] = self._evaluate(session, split, 0, elapsed())[session.objective.metric]
-                self._loop(session, state, start, elapsed)
-                return self._finish(session, state, elapsed)
+                            state["zero_shot"][split] = self._evaluate(session, split, 0)[session.objective.metric]
+                self._loop(session, state, start)
+                return self._finish(session, state)
         finally:
             self._restore_interrupt_handler(previous)
             self.world.close()
 
-    def _loop(self, session: Session, state: dict, step: int, elapsed) -> None:
+    def _loop(self, session: Session, state: dict, step: int) -> None:
         recipe = self.recipe
         batcher = Batcher(session.train, recipe.train.batch_size, recipe.run.seed)
         self.reporter.start(recipe.train.max_steps, step)
         while step < recipe.train.max_steps:
-            state["step"] = step  # the weights are those after `step` steps
-            record = self._train_step(session, batcher, step, state, elapsed)
+            record = self._train_step(session, batcher, step, state)
             done = state["step"] = step + 1
-            self._check_bad_steps(session, state, record, done, elapsed)
+            self._check_bad_steps(session, state, record, done)
             if self._diverged(state, record):
                 step = self._roll_back(session, state, done)
                 continue
             if recipe.eval.every and done % recipe.eval.every == 0 and session.dev:
-                self._track_best(session, state, done, elapsed)
+                self._track_best(session, state, done)
             if recipe.checkpoint.every and done % recipe.checkpoint.every == 0:
-                self._save(session, done, {**state, "elapsed_s": elapsed()})
+                self._save(session, done, state)
             if self.world.any(self.interrupted):
-                folder = self._save(session, done, {**state, "elapsed_s": elapsed()})
+                folder = self._save(session, done, state)
                 raise Interrupted(done, folder)
             step = done
-        state["step"] = step
 
-    def _train_step(self, session: Session, batcher: Batcher, step: int, state: dict, elapsed) -> dict:
+    def _train_step(self, session: Session, batcher: Batcher, step: int, state: dict) -> dict:
         recipe = self.recipe
         spread = self.world.size > 1 and recipe.train.spread_queries
         items = batcher.batch(step) if spread else self.world.shard(batcher.batch(step))
@@ -348,7 +350,7 @@ class Trainer:
             "seed": recipe.run.seed,
             "lr": lr,
             "mem_gib": round(peak_memory_gib(session.device), 4),
-            "time_s": round(elapsed(), 3),
+            "time_s": round(self.elapsed(), 3),
         }
         if not result.applied:
             record["proj_grad"] = None
@@ -359,7 +361,7 @@ class Trainer:
         return record
 
     # ---- guards --------------------------------------------------------------------------
-    def _check_bad_steps(self, session: Session, state: dict, record: dict, done: int, elapsed) -> None:
+    def _check_bad_steps(self, session: Session, state: dict, record: dict, done: int) -> None:
         """Count skipped steps in a row; past `train.max_bad_steps`, checkpoint and stop."""
         if "skipped" not in record:
             state["bad_steps"] = 0
@@ -367,7 +369,7 @@ class Trainer:
         state["bad_steps"] += 1
         limit = self.recipe.train.max_bad_steps
         if state["bad_steps"] >= limit:
-            folder = self._save(session, done, {**state, "elapsed_s": elapsed()})
+            folder = self._save(session, done, state)
             r = self.recipe
             raise RunStopped([
                 f"{limit} steps in a row (up to step {done}) had a non-finite loss or projected gradient; "
@@ -409,7 +411,7 @@ class Trainer:
         return loaded.step
 
     @contextlib.contextmanager
-    def _out_of_memory_guard(self, session: Session, state: dict, elapsed):
+    def _out_of_memory_guard(self, session: Session, state: dict):
         """Out of GPU memory: checkpoint the last completed step (the weights are intact, the
         perturbation in flight having been undone), then stop with what to change."""
         try:
@@ -417,8 +419,8 @@ class Trainer:
         except torch.OutOfMemoryError:
             if session.device.type == "cuda":
                 torch.cuda.empty_cache()
-            step = state.get("step", 0)
-            folder = self._save(session, step, {**state, "elapsed_s": elapsed()})
+            step = state["step"]
+            folder = self._save(session, step, state)
             r = self.recipe
             raise RunStopped([
                 f"out of GPU memory after {step} completed steps; checkpoint written: {folder}",
@@ -427,27 +429,27 @@ class Trainer:
                 f"see what fits: zoft profile-memory {self.run_dir / 'config.yaml'}",
             ], title="out of memory") from None
 
-    def _track_best(self, session: Session, state: dict, step: int, elapsed) -> None:
-        score = self._evaluate(session, "dev", step, elapsed())[session.objective.metric]
+    def _track_best(self, session: Session, state: dict, step: int) -> None:
+        score = self._evaluate(session, "dev", step)[session.objective.metric]
         state["last_dev_step"] = step
         if state["best_dev"] is None or score > state["best_dev"]:
             state["best_dev"], state["best_step"] = score, step
-            self._save(session, step, {**state, "elapsed_s": elapsed()}, name="best")
+            self._save(session, step, state, name="best")
 
-    def _finish(self, session: Session, state: dict, elapsed) -> dict:
+    def _finish(self, session: Session, state: dict) -> dict:
         recipe = self.recipe
         steps = recipe.train.max_steps
         if session.dev and state.get("last_dev_step") != steps:
-            self._track_best(session, state, steps, elapsed)
+            self._track_best(session, state, steps)
         latest = checkpoint.newest(self.ckpt_root)
         if latest is None or latest.name != checkpoint.step_name(steps):
-            self._save(session, steps, {**state, "elapsed_s": elapsed()})
+            self._save(session, steps, state)
         best = self.ckpt_root / "best"
         if (best / checkpoint.DONE).is_file():  # score and keep the weights that did best on dev
             checkpoint.load(best, session.params, session.method)
         test = None
         if recipe.eval.test and session.test:
-            test = self._evaluate(session, "test", state["best_step"] or steps, elapsed())[session.objective.metric]
+            test = self._evaluate(session, "test", state["best_step"] or steps)[session.objective.metric]
         if recipe.checkpoint.save_final and self.world.is_main:
             session.model.save_pretrained(self.run_dir / "model")
             session.tokenizer.save_pretrained(self.run_dir / "model")
@@ -461,7 +463,7 @@ class Trainer:
             "best_dev": state["best_dev"],
             "best_step": state["best_step"],
             "test": test,
-            "time_s": round(elapsed(), 2),
+            "time_s": round(self.elapsed(), 2),
             "peak_mem_gib": round(peak_memory_gib(session.device), 3),
         }
         if self.world.is_main:
