@@ -69,16 +69,21 @@ class LowRankConfig(FixedQueries):
         return super().check(recipe) + rank_problems(self.rank)
 
 
-def rank_problems(rank: int | str) -> list[str]:
-    """A rank is a positive integer, or a JSON rank file {"ranks": {layer: r}, "default": r}."""
+def load_rank_file(path: str) -> dict:
+    """{layer name: rank, "default": rank} from a rank file written by `zoft analyze-rank`."""
     import json
     from pathlib import Path
 
+    data = json.loads(Path(path).expanduser().read_text())
+    return {**data["ranks"], "default": data["default"]}
+
+
+def rank_problems(rank: int | str) -> list[str]:
+    """A rank is a positive integer, or a JSON rank file {"ranks": {layer: r}, "default": r}."""
     if isinstance(rank, int):
         return [] if rank >= 1 else ["method.rank: must be >= 1"]
     try:
-        data = json.loads(Path(rank).expanduser().read_text())
-        values = [data["default"], *data["ranks"].values()]
+        values = list(load_rank_file(rank).values())
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         return [f"method.rank: {rank!r} is not a readable rank file ({type(err).__name__}); write one with zoft analyze-rank"]
     if not all(isinstance(v, int) and v >= 1 for v in values):

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from zoft.config.methods import METHOD_CONFIGS
+from zoft.config.methods import METHOD_CONFIGS, load_rank_file
 from zoft.config.schema import Recipe
 from zoft.engine.memory import GIB, VARIANTS, Split, estimate, forward_estimate, meta_model, shape_of
 from zoft.engine.objective import OBJECTIVES, Encoded
@@ -30,11 +30,15 @@ def synthetic_batch(vocab: int, batch: int, seq: int, device: torch.device):
     return objective, objective.train_batch(items, 0).to(device)
 
 
+def method_config(recipe: Recipe, name: str):
+    """The recipe's method section when it is that method's, else that method's defaults."""
+    return recipe.method if recipe.method.name == name else METHOD_CONFIGS.get(name, "--methods")()
+
+
 def method_for(recipe: Recipe, variant: str, params, seed: int):
     name, optimizer = VARIANTS[variant]
-    cfg = recipe.method if recipe.method.name == name else METHOD_CONFIGS.get(name, "--methods")()
     optim = dataclasses.replace(recipe.optim, name=optimizer, betas=None)
-    return METHODS.get(name, "--methods")(params, cfg, optim, seed, steps_per_epoch=1000, max_steps=1000)
+    return METHODS.get(name, "--methods")(params, method_config(recipe, name), optim, seed, steps_per_epoch=1000, max_steps=1000)
 
 
 def estimates(recipe: Recipe, variants: list[str], batch: int, seq: int) -> dict[str, Split]:
@@ -42,16 +46,13 @@ def estimates(recipe: Recipe, variants: list[str], batch: int, seq: int) -> dict
     model = meta_model(recipe.model) if recipe.model.config else _loaded_shape_model(recipe)
     model, trained = trainable(model, recipe.params, recipe.run.seed)
     shape = shape_of(model, batch, seq, trained)
-    rank = getattr(recipe.method, "rank", 2)
-    if isinstance(rank, str):  # a rank file: its default rank stands for every layer
-        from zoft.methods.lowrank import load_rank_file
-
-        rank = load_rank_file(rank)["default"]
     out = {"forward": forward_estimate(shape)}
     for variant in variants:
         name, optimizer = VARIANTS[variant]
-        out[variant] = estimate(shape, name, optimizer, rank if recipe.method.name == name else
-                                getattr(METHOD_CONFIGS.get(name, "--methods")(), "rank", 2))
+        rank = getattr(method_config(recipe, name), "rank", 2)
+        if isinstance(rank, str):  # a rank file: its default rank stands for every layer
+            rank = load_rank_file(rank)["default"]
+        out[variant] = estimate(shape, name, optimizer, rank)
     return out
 
 

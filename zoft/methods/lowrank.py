@@ -7,15 +7,8 @@ from typing import Sequence
 
 import torch
 
+from zoft.config.methods import load_rank_file
 from zoft.methods.base import ZOMethod, matrix
-
-
-def load_rank_file(path: str) -> dict:
-    """{layer name: rank, "default": rank} from a rank file written by `zoft analyze-rank`."""
-    import json
-
-    data = json.loads(open(path).read())
-    return {**data["ranks"], "default": data["default"]}
 
 
 class LowRankMethod(ZOMethod):
