@@ -63,3 +63,21 @@ def test_prompts_are_truncated_from_the_left():
     (item,) = encode(tok, [long], max_length=10, kind="classify")
     assert len(item.prompt) == 10
     assert tok.decode(item.prompt).endswith("It was")
+
+
+def test_choice_eval_loss_from_one_forward_equals_the_gold_token_training_loss():
+    model, tok = build_tiny("tiny:llama-16x1", seed=0)
+    model.eval()
+    examples = [
+        Example("my body cast a shadow because", (" the sun rose", " b"), 0),
+        Example("a longer prompt about the day so", (" x y", " the grass was cut short"), 1),
+        Example("q", (" m", " n"), 1),
+    ]
+    items = encode(tok, examples, 64, "choice")
+    objective = OBJECTIVES["choice"]
+    with torch.no_grad():
+        right, loss = objective.score_chunk(model, items, tok.pad_token_id, torch.device("cpu"))
+        expected = objective.loss(model, objective.train_batch(items, tok.pad_token_id))
+        scores = candidate_scores(model, collate(items, tok.pad_token_id))
+    assert loss == pytest.approx(float(expected), rel=1e-6)
+    assert right == int((scores.argmax(-1) == torch.tensor([0, 1, 1])).sum())

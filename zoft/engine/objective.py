@@ -94,14 +94,22 @@ def option_logprobs(model, batch: Batch) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def candidate_scores(model, batch: Batch) -> torch.Tensor:
-    """[examples, candidates] mean log-likelihood of each candidate's tokens (-inf where absent)."""
+def option_sums(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the summed log-probability of the option's tokens, and how many there are."""
     token_lp = option_logprobs(model, batch)
     mask = batch.option_mask.to(token_lp.dtype)
-    per_row = (token_lp * mask).sum(-1) / mask.sum(-1)
-    scores = torch.full(batch.candidate_mask.shape, float("-inf"), device=per_row.device)
-    scores[batch.candidate_mask] = per_row
+    return (token_lp * mask).sum(-1), mask.sum(-1)
+
+
+def scores_of(sums: torch.Tensor, counts: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """[examples, candidates] mean log-likelihood of each candidate's tokens (-inf where absent)."""
+    scores = torch.full(batch.candidate_mask.shape, float("-inf"), device=sums.device)
+    scores[batch.candidate_mask] = sums / counts
     return scores
+
+
+def candidate_scores(model, batch: Batch) -> torch.Tensor:
+    return scores_of(*option_sums(model, batch), batch)
 
 
 def gold_only(items: list[Encoded]) -> list[Encoded]:
@@ -155,13 +163,17 @@ class GoldTokens(Objective):
         return collate(gold_only(items), pad_id)
 
     def loss(self, model, batch) -> torch.Tensor:
-        token_lp = option_logprobs(model, batch)
-        mask = batch.option_mask.to(token_lp.dtype)
-        return -(token_lp * mask).sum() / mask.sum()
+        sums, counts = option_sums(model, batch)
+        return -sums.sum() / counts.sum()
 
     def score_chunk(self, model, chunk, pad_id, device):
-        right, _ = super().score_chunk(model, chunk, pad_id, device)
-        return right, float(self.loss(model, self.train_batch(chunk, pad_id).to(device)))
+        """Accuracy over all candidates and the gold-token loss, from one forward of all of them."""
+        batch = collate(chunk, pad_id).to(device)
+        sums, counts = option_sums(model, batch)
+        scores = scores_of(sums, counts, batch)
+        first_row = torch.tensor([0] + [len(it.options) for it in chunk[:-1]], device=device).cumsum(0)
+        gold = first_row + batch.labels
+        return int((scores.argmax(-1) == batch.labels).sum()), float(-sums[gold].sum() / counts[gold].sum())
 
 
 class Generation(GoldTokens):
