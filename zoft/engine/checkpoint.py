@@ -108,11 +108,9 @@ def recover(root: Path) -> None:
 
 
 def prune(root: Path, keep_last: int) -> None:
+    """Keep the newest `keep_last` step checkpoints (half-written ones are `recover`'s to remove)."""
     for old in complete_steps(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".tmp-*"):  # left by a save that was killed
-        if not stale.name.endswith(f"-{os.getpid()}"):
-            shutil.rmtree(stale, ignore_errors=True)
 
 
 def load_weights(folder: Path, params) -> None:
