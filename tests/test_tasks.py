@@ -185,6 +185,9 @@ def test_zoft_eval_scores_a_runs_checkpoints(tiny, tmp_path):
         result = runner.invoke(app, ["eval", run, "--checkpoint", which, "--split", "dev"])
         assert result.exit_code == 0, result.output
         scores[which] = json.loads((tmp_path / "runs" / "t" / "eval" / f"toy_sentiment_dev_{which}.json").read_text())
+    default = runner.invoke(app, ["eval", run, "--split", "dev"])  # no --checkpoint: the best one
+    assert default.exit_code == 0, default.output
+    assert (tmp_path / "runs" / "t" / "eval" / "toy_sentiment_dev_best.json").is_file()
     assert scores["latest"]["loss"] == scores["step_6"]["loss"]
     assert scores["none"]["loss"] != scores["step_6"]["loss"]  # the trained weights are really applied
     bad = runner.invoke(app, ["eval", run, "--checkpoint", "step_99"])

@@ -33,18 +33,19 @@ def eval_command(
         is_run = (run_dir / "config.yaml").is_file()
         extra = list(overrides or []) + ([f"eval.icl_shots={icl}"] if icl is not None else [])
         recipe = load_recipe(run_dir / "config.yaml" if is_run else source, extra)
+        from zoft.engine import checkpoint as checkpoints
         from zoft.engine.evaluation import evaluate
         from zoft.engine.trainer import run_dir_of
 
         which = checkpoint
         if which == "auto":
-            which = ("best" if (run_dir / "checkpoints" / "best" / "DONE").is_file() else "latest") if is_run else "none"
+            which = checkpoints.preferred(run_dir / "checkpoints") if is_run else "none"
         if which != "none" and not is_run:
             raise ZoftError(f"--checkpoint: {which!r} needs a run directory; {source!r} is a recipe", title="bad option")
         out_dir = run_dir if is_run else run_dir_of(recipe)
         names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else [recipe.data.task]
         records = evaluate(recipe, out_dir, which, split, names, run_dir if is_run else None)
-    table = Table(title=f"zoft eval: {recipe.model.name_or_path}", title_justify="left")
+    table = Table(title=f"zoft eval: {recipe.model.name_or_path or recipe.model.config}", title_justify="left")
     for column in ("task", "split", "checkpoint", "ICL shots", "score", "n"):
         table.add_column(column)
     for r in records:

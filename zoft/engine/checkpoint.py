@@ -72,6 +72,11 @@ def newest(root: Path) -> Path | None:
     return steps[-1] if steps else None
 
 
+def preferred(root: Path) -> str:
+    """What to score by default: the best-dev checkpoint when there is one, else the latest."""
+    return "best" if (root / "best" / DONE).is_file() else "latest"
+
+
 def find(root: Path, which: str) -> Path:
     """`latest`, `best`, `step_N` or `N`: a complete checkpoint folder under `root`, else ZoftError."""
     from zoft.errors import ZoftError
