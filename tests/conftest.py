@@ -9,6 +9,8 @@ from pathlib import Path
 # no test may reach the network: hub ids fail at once instead of retrying (read at import time)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# the fused noise kernel runs on CPU tensors under Triton's interpreter (read when it is first imported)
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 

@@ -32,6 +32,13 @@ class MethodConfig:
         "copy: keep a copy of the trainable tensors (bit-exact, +1× their size)",
     )
 
+    noise: Literal["auto", "torch", "triton"] = knob(
+        "auto",
+        "how dense Gaussian directions are drawn and added: triton = one fused kernel per tensor (no "
+        "temporary, one pass); torch = torch.randn then add_; auto = triton on CUDA when it imports. "
+        "The two draw different, equally Gaussian streams",
+    )
+
     optimizers = ("sgd", "momentum", "adam")  # what `optim.name` may be with this method
     frozen_on_resume = ()  # keys beyond the usual ones a resume may not change
 

@@ -10,11 +10,14 @@ from typing import Callable, Sequence
 import torch
 
 from zoft.config.schema import OptimConfig
-from zoft.engine.rng import DIRECTION, gaussian
+from zoft.engine import noise
+from zoft.engine.rng import DIRECTION
+from zoft.errors import ZoftError
 from zoft.registry import Registry
 
 Named = list[tuple[str, torch.Tensor]]
 LossFn = Callable[[], torch.Tensor]  # the loss of the current batch at the current weights
+Pending = tuple[int, float] | None  # (query, scale): a perturbation left on the weights
 
 
 @dataclass
@@ -97,6 +100,10 @@ class ZOMethod(Method):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.moments = DenseMoments(self.optim, [(n, p) for n, p in self.params if self.is_dense(p)])
+        device = self.params[0][1].device if self.params else torch.device("cpu")
+        self.noise = noise.resolve(self.cfg.noise, device)
+        if self.noise == "triton" and not noise.available():
+            raise ZoftError("method.noise: triton needs the triton package and a CUDA GPU (or TRITON_INTERPRET=1); use auto or torch")
 
     def is_dense(self, p: torch.Tensor) -> bool:
         return True
@@ -107,9 +114,16 @@ class ZOMethod(Method):
     def queries(self, step: int) -> int:
         return self.cfg.n_queries
 
+    def dense_keys(self, index: int, step: int, query: int) -> tuple[int, ...]:
+        """The stream of parameter `index`'s dense direction (also used for 1-D tensors by all methods)."""
+        return (self.seed, step, query, index, DIRECTION)
+
     def dense(self, index: int, p: torch.Tensor, step: int, query: int) -> torch.Tensor:
-        """The dense Gaussian direction of parameter `index` (also used for 1-D tensors by all methods)."""
-        return gaussian(tuple(p.shape), p, self.seed, step, query, index, DIRECTION)
+        return noise.gaussian_like(p, self.dense_keys(index, step, query), self.noise)
+
+    def add_dense(self, index: int, p: torch.Tensor, step: int, query: int, alpha: float) -> None:
+        """p += alpha · z(step, query), z drawn in the same pass (no m×n temporary with triton)."""
+        noise.add_gaussian_(p, alpha, self.dense_keys(index, step, query), self.noise)
 
     @abstractmethod
     def perturb(self, step: int, query: int, scale: float) -> None:
@@ -120,14 +134,21 @@ class ZOMethod(Method):
         """Apply the update for the projected gradients of this step's queries."""
 
     def perturb_dense(self, index: int, p: torch.Tensor, step: int, query: int, scale: float) -> None:
-        p.add_(self.dense(index, p, step, query), alpha=scale * self.cfg.eps)
+        self.add_dense(index, p, step, query, scale * self.cfg.eps)
 
-    def update_dense(self, index: int, name: str, p: torch.Tensor, step: int, grads: Sequence[float], lr: float) -> None:
-        """SGD adds each query's regenerated z (no accumulator); momentum/Adam use full-size buffers."""
+    def update_dense(
+        self, index: int, name: str, p: torch.Tensor, step: int, grads: Sequence[float], lr: float, undo: Pending = None
+    ) -> None:
+        """SGD adds each query's regenerated z (no accumulator), folding the undoing of a perturbation
+        still on the weights (`undo`) into the same pass; momentum/Adam use full-size buffers."""
+        if undo is not None and (self.optim.name != "sgd" or (self.optim.weight_decay and p.ndim > 1)):
+            self.perturb_dense(index, p, step, undo[0], -undo[1])
+            undo = None
         self.decay(p, lr)
         if self.optim.name == "sgd":
             for query, g in enumerate(grads):
-                p.add_(self.dense(index, p, step, query), alpha=-lr * g / len(grads))
+                restore = -undo[1] * self.cfg.eps if undo is not None and undo[0] == query else 0.0
+                self.add_dense(index, p, step, query, restore - lr * g / len(grads))
             return
         estimate = torch.zeros_like(p)
         for query, g in enumerate(grads):
@@ -140,16 +161,34 @@ class ZOMethod(Method):
             p.mul_(1 - lr * self.optim.weight_decay)
 
     def step(self, loss_fn: LossFn, step: int, lr: float, queries=None) -> StepResult:
-        """Estimate, then update, unless a loss or projected gradient is not finite."""
-        result = self.estimate(loss_fn, step, queries)
+        """Estimate, then update, unless a loss or projected gradient is not finite.
+
+        With in-place restores and every query evaluated here, the last query's restore is left to
+        `finish`, which may fold it into the update's pass over the weights.
+        """
+        keep = self.cfg.restore == "arithmetic" and queries is None
+        result, pending = self._estimate(loss_fn, step, queries, keep_last=keep)
         if not result.finite:
             result.applied = False
+            self.finish(step, [], 0.0, pending)
             return result
-        self.update(step, result.grads, lr)
+        self.finish(step, result.grads, lr, pending)
         return result
 
+    def finish(self, step: int, grads: Sequence[float], lr: float, pending: Pending) -> None:
+        """Undo the perturbation `pending` (query, scale) still on the weights, then update (no
+        update when `grads` is empty). Methods that can, fold the two into one pass."""
+        if pending is not None:
+            self.perturb(step, pending[0], -pending[1])
+        if grads:
+            self.update(step, grads, lr)
+
     def estimate(self, loss_fn: LossFn, step: int, queries=None) -> StepResult:
-        """Perturb, evaluate and restore for each query; the weights are left as they were.
+        """The projected gradients of this step; the weights are left as they were."""
+        return self._estimate(loss_fn, step, queries, keep_last=False)[0]
+
+    def _estimate(self, loss_fn: LossFn, step: int, queries, keep_last: bool) -> tuple[StepResult, Pending]:
+        """Perturb, evaluate and restore for each query (the last restore left pending if `keep_last`).
 
         `queries`, when given, spreads the step's queries over processes: it says which ones
         this process evaluates (`mine(q)`) and sums each query's numbers over processes
@@ -190,15 +229,17 @@ class ZOMethod(Method):
                     continue
                 move(query, -2.0)
                 minus = loss()
-                restore()
                 grads[query], losses[query] = (plus - minus) / (2 * cfg.eps), (plus + minus) / 2
+                if not (keep_last and query == count - 1):
+                    restore()
         except BaseException:
             if applied["scale"]:
                 restore()
             raise
         if queries is not None:
             grads, losses = queries.combine(grads), queries.combine(losses)
-        return StepResult(sum(losses) / count, grads)
+        pending = (applied["query"], applied["scale"]) if applied["scale"] else None
+        return StepResult(sum(losses) / count, grads), pending
 
 
 def matrix(p: torch.Tensor) -> torch.Tensor:

@@ -18,3 +18,10 @@ class MeZO(ZOMethod):
     def update(self, step: int, grads: Sequence[float], lr: float) -> None:
         for index, (name, p) in enumerate(self.params):
             self.update_dense(index, name, p, step, grads, lr)
+
+    def finish(self, step, grads, lr, pending):
+        """With SGD the last restore and the update share one pass: W += (ε − η g/q)·z."""
+        if not grads:
+            return super().finish(step, grads, lr, pending)
+        for index, (name, p) in enumerate(self.params):
+            self.update_dense(index, name, p, step, grads, lr, undo=pending)

@@ -1,0 +1,80 @@
+"""The fused Triton draw-and-add kernel (run by Triton's interpreter on CPU) against the torch path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from zoft.engine.noise import add_gaussian_, gaussian_like
+from zoft.errors import ZoftError
+
+from test_methods import fresh_params, make, quadratic, sampled_estimates
+
+
+def test_the_kernel_draws_standard_gaussians_that_regenerate_exactly():
+    z = torch.zeros(40_003)  # not a multiple of the block: the tail is masked
+    add_gaussian_(z, 1.0, (3, 1, 0, 2), "triton")
+    assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 1) < 0.02
+    assert abs(float((z**4).mean()) - 3) < 0.15  # Gaussian tails, not uniform ones
+    assert int((z == 0).sum()) == 0  # every element, the last block's included
+    assert torch.equal(gaussian_like(z, (3, 1, 0, 2), "triton"), z)
+    other = gaussian_like(z, (3, 1, 0, 3), "triton")
+    assert abs(float((z * other).mean())) < 0.02  # another key: an independent stream
+    quarters = z[:4096].view(4, 1024)  # the four normals of one Philox call are uncorrelated
+    assert abs(float(torch.corrcoef(quarters)[0, 1:].abs().max())) < 0.12
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_kernel_adds_in_place_exactly_as_torch_would_with_its_z(dtype):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    w = torch.randn(257, 33, device=device).to(dtype)
+    z = gaussian_like(w.float(), (5,), "triton")
+    expected = (w.float() + 1e-2 * z).to(dtype)
+    add_gaussian_(w, 1e-2, (5,), "triton")
+    if dtype == torch.bfloat16 and device == "cpu":  # the interpreter rounds to bf16 toward zero
+        torch.testing.assert_close(w, expected, rtol=2**-7, atol=0)
+    else:  # compiled, the kernel rounds to nearest even, as torch does
+        torch.testing.assert_close(w, expected, rtol=0, atol=0)
+
+
+def test_mezo_on_the_kernel_estimates_the_gradient_as_the_torch_path_does():
+    params = fresh_params()
+    loss, grad = quadratic(params)
+    estimates = {}
+    for noise in ("torch", "triton"):
+        method = make("mezo", params, eps=1e-3, noise=noise)
+        estimates[noise] = sampled_estimates(method, params, loss, 250)
+    for noise, g in estimates.items():  # 250 samples of a 35-dim gradient: cosine ≈ 0.93 expected
+        cosine = float(g @ grad / (g.norm() * grad.norm()))
+        assert cosine > 0.8, (noise, cosine)
+        assert abs(float(g.norm() / grad.norm()) - 1) < 0.25
+    assert not torch.equal(estimates["torch"], estimates["triton"])  # two streams, one expectation
+
+
+@pytest.mark.parametrize("noise", ["torch", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fused_restore_and_update_equals_restoring_then_updating(noise, dtype):
+    """`step` folds the last restore into the update's pass: the same step up to one rounding."""
+    fused_params, plain_params = fresh_params(dtype), fresh_params(dtype)
+    fused = make("mezo", fused_params, eps=1e-3, noise=noise, n_queries=2)
+    plain = make("mezo", plain_params, eps=1e-3, noise=noise, n_queries=2, restore="copy")
+    a = fused.step(quadratic(fused_params)[0], 0, 1e-2)
+    b = plain.step(quadratic(plain_params)[0], 0, 1e-2)
+    assert a.grads[0] == b.grads[0]  # the same perturbations were evaluated (then restores differ)
+    assert a.grads == pytest.approx(b.grads, rel=1e-2)
+    ulp = 2.0 ** (-8 if dtype == torch.bfloat16 else -24)
+    for (_, p), (_, q) in zip(fused_params, plain_params):
+        moved = float((q.float() - fresh_params()[0][1].flatten()[0]).abs().max())
+        assert moved > 0
+        assert float((p.float() - q.float()).abs().max()) <= 4 * ulp * float(q.float().abs().max())
+
+
+def test_triton_noise_without_a_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    from zoft.engine import noise
+
+    monkeypatch.setattr(noise, "_kernel", lambda: None)
+    with pytest.raises(ZoftError, match="method.noise"):
+        make("mezo", fresh_params(), noise="triton")
