@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from zoft.analysis.rank import TemporalSketch, normalized_spectrum, subspace_overlap, threshold_rank, top_subspace
 from zoft.cli import app
 from zoft.config.loader import recipe_from_dict
-from zoft.engine.trainer import Batcher, _loss_fn, build_session
+from zoft.engine.objective import BatchLoss
+from zoft.engine.trainer import Batcher, build_session
 from zoft.errors import ZoftError
 
 
@@ -63,7 +64,7 @@ def test_the_command_records_the_true_gradient_spectra_and_writes_a_usable_rank_
     weight = dict(session.model.named_parameters())[names[0]]
     weight.requires_grad_(True)
     batch = session.objective.train_batch(Batcher(session.train, 4, 0).batch(0), session.pad_id)
-    (grad,) = torch.autograd.grad(_loss_fn(session.objective, session.model, batch)(), [weight])
+    (grad,) = torch.autograd.grad(BatchLoss(session.objective, session.model, batch)(), [weight])
     sv = np.linalg.svd(grad.numpy(), compute_uv=False)
     np.testing.assert_allclose(data["layers"][0]["spectra"][0], (sv / sv[0])[:8], rtol=1e-3, atol=1e-5)
     for name in ("spectra.csv", "layers.png", "steps.png", "temporal.png", "overlap.png"):

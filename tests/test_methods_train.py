@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from zoft.config.loader import recipe_from_dict
-from zoft.engine.trainer import _loss_fn, build_session
+from zoft.engine.objective import BatchLoss
+from zoft.engine.trainer import build_session
 
 # name: (method section, optim section, steps)
 SETTINGS = {
@@ -32,7 +33,7 @@ def test_method_lowers_the_loss_of_a_fixed_batch(name, tiny):
     recipe["train"] = {"max_steps": steps, "batch_size": 8}
     session = build_session(recipe_from_dict(recipe))
     batch = session.objective.train_batch(session.train, session.pad_id)
-    loss_fn = _loss_fn(session.objective, session.model, batch)
+    loss_fn = BatchLoss(session.objective, session.model, batch)
     with torch.no_grad():
         before = float(loss_fn())
     for step in range(steps):

@@ -71,6 +71,17 @@ class MezoConfig(FixedQueries):
 @dataclass
 class LowRankConfig(FixedQueries):
     rank: int | str = knob(2, "rank r of every 2-D tensor's direction, or a rank file of `zoft analyze-rank`")
+    path: Literal["auto", "inplace", "functional"] = knob(
+        "auto",
+        "inplace: W += ±εABᵀ with addmm_; functional: W is never written during a step, hooks add "
+        "(xB)(A_acc ± εA)ᵀ to layer outputs and updates accumulate in factor space (needed over a "
+        "quantized base); auto = functional on a GPU when every matrix is an nn.Linear or nn.Embedding weight",
+    )
+    paired_forward: Literal["auto", "always", "never"] = knob(
+        "auto",
+        "functional path: evaluate L(+ε) and L(−ε) in one forward over a doubled batch; "
+        "auto = when the batch has at most 8 examples (where it is faster than two forwards)",
+    )
 
     def check(self, recipe):
         return super().check(recipe) + rank_problems(self.rank)

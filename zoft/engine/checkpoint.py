@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 TRAINABLE = "trainable.safetensors"
 METHOD_STATE = "method.safetensors"
+DELTAS = "deltas.safetensors"  # low-rank terms of the functional path not yet in the weights
 STATE = "state.json"
 DONE = "DONE"
 
@@ -32,14 +33,17 @@ def step_name(step: int) -> str:
     return f"step_{step:07d}"
 
 
-def save(folder: Path, params, method_state: dict[str, torch.Tensor], state: dict) -> Path:
-    """Write a complete checkpoint at `folder` (replacing an older one of that name)."""
+def save(folder: Path, params, method_state: dict[str, torch.Tensor], state: dict, deltas: dict | None = None) -> Path:
+    """Write a complete checkpoint at `folder` (replacing an older one of that name); `deltas`
+    ({name.A, name.B}) are terms the weights still lack, applied by `load_weights`."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file({name: p.detach().contiguous().cpu() for name, p in params}, tmp / TRAINABLE)
     save_file({k: v.detach().contiguous().cpu() for k, v in method_state.items()}, tmp / METHOD_STATE)
+    if deltas:
+        save_file({k: v.detach().contiguous().cpu() for k, v in deltas.items()}, tmp / DELTAS)
     (tmp / STATE).write_text(json.dumps(state, indent=1))
     (tmp / DONE).write_text("complete\n")
     _fsync_tree(tmp)
@@ -118,20 +122,25 @@ def prune(root: Path, keep_last: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_weights(folder: Path, params) -> None:
-    """Copy a checkpoint's trained tensors into the live parameters."""
+def load_weights(folder: Path, params, with_deltas: bool = True) -> None:
+    """Copy a checkpoint's trained tensors into the live parameters, with its deltas written in
+    (`with_deltas`; a resumed method keeps them in factor space instead)."""
     tensors = load_file(folder / TRAINABLE)
     missing = [name for name, _ in params if name not in tensors]
     if missing:
         raise KeyError(f"{folder}: no tensor for {missing[:3]}")
+    deltas = load_file(folder / DELTAS) if with_deltas and (folder / DELTAS).is_file() else {}
     with torch.no_grad():  # first-order runs train leaves that require grad
         for name, p in params:
             p.copy_(tensors[name])
+            if f"{name}.A" in deltas:
+                a, b = (deltas[f"{name}.{part}"].to(p.device, p.dtype) for part in "AB")
+                p.view(p.shape[0], -1).addmm_(a, b.T)
 
 
 def load(folder: Path, params, method) -> Loaded:
     """Copy a checkpoint's tensors into the live parameters and method state."""
-    load_weights(folder, params)
+    load_weights(folder, params, with_deltas=False)
     with torch.no_grad():
         method.load_state_dict(load_file(folder / METHOD_STATE))
     state = json.loads((folder / STATE).read_text())

@@ -60,12 +60,12 @@ class World:
         return tensor.tolist()
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
-        """The average of a scalar over ranks (itself on a single process)."""
+        """The average of a scalar (or a few numbers) over ranks (itself on a single process)."""
         if self.size == 1:
             return value
-        reduced = value.detach().clone().reshape(1)
+        reduced = value.detach().clone()
         dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
-        return reduced[0] / self.size
+        return reduced / self.size
 
 
 def init_world() -> World:

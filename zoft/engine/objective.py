@@ -126,6 +126,39 @@ class EncoderBatch:
         return EncoderBatch(*(t.to(device) for t in vars(self).values()))
 
 
+def doubled(batch):
+    """The batch twice over, one copy after the other (a Batch or an EncoderBatch)."""
+    return type(batch)(*(torch.cat([t, t]) for t in vars(batch).values()))
+
+
+class BatchLoss:
+    """The training loss of one batch at the current weights, as a ZO method calls it.
+
+    `pair()` scores the batch twice in one forward (a doubled batch): the functional path
+    perturbs the two halves by +ε and −ε. `reduce` averages over data-parallel ranks.
+    """
+
+    def __init__(self, objective: "Objective", model, batch, reduce=lambda t: t):
+        self.objective, self.model, self.batch, self.reduce = objective, model, batch, reduce
+        self._doubled = None
+
+    def __call__(self) -> torch.Tensor:
+        return self.reduce(self.objective.loss(self.model, self.batch))
+
+    def rows(self) -> int:
+        """Sequences in one forward of the batch (examples × candidates for classification)."""
+        return self.batch.input_ids.shape[0]
+
+    def examples(self) -> int:
+        return self.batch.labels.shape[0]
+
+    def pair(self) -> torch.Tensor:
+        """[loss of the first copy, loss of the second] over a doubled batch."""
+        if self._doubled is None:
+            self._doubled = doubled(self.batch)
+        return self.reduce(self.objective.part_losses(self.model, self._doubled, 2))
+
+
 class Objective:
     """Training batches, the loss, and the evaluation metric of one task kind."""
 
@@ -135,7 +168,12 @@ class Objective:
         return collate(items, pad_id)
 
     def loss(self, model, batch) -> torch.Tensor:
-        return F.cross_entropy(candidate_scores(model, batch), batch.labels)
+        return self.part_losses(model, batch, 1)[0]
+
+    def part_losses(self, model, batch, parts: int) -> torch.Tensor:
+        """The loss of each of `parts` equal consecutive slices of the batch's examples."""
+        each = F.cross_entropy(candidate_scores(model, batch), batch.labels, reduction="none")
+        return each.view(parts, -1).mean(1)
 
     def evaluate(self, model, tokenizer, items: list[Encoded], batch_size: int) -> dict:
         """{metric: value, "loss": mean loss, "n": examples}, without autograd and in eval mode."""
@@ -162,9 +200,9 @@ class GoldTokens(Objective):
     def train_batch(self, items, pad_id):
         return collate(gold_only(items), pad_id)
 
-    def loss(self, model, batch) -> torch.Tensor:
+    def part_losses(self, model, batch, parts):
         sums, counts = option_sums(model, batch)
-        return -sums.sum() / counts.sum()
+        return -sums.view(parts, -1).sum(1) / counts.view(parts, -1).sum(1)
 
     def score_chunk(self, model, chunk, pad_id, device):
         """Accuracy over all candidates and the gold-token loss, from one forward of all of them."""
@@ -221,8 +259,9 @@ class EncoderClassification(Objective):
             mask[r, : len(it.prompt)] = 1
         return EncoderBatch(ids, mask, torch.tensor([it.label for it in items]))
 
-    def loss(self, model, batch) -> torch.Tensor:
-        return F.cross_entropy(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float(), batch.labels)
+    def part_losses(self, model, batch, parts):
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+        return F.cross_entropy(logits, batch.labels, reduction="none").view(parts, -1).mean(1)
 
     def score_chunk(self, model, chunk, pad_id, device):
         batch = self.train_batch(chunk, pad_id).to(device)

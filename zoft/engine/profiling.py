@@ -12,7 +12,7 @@ import torch
 from zoft.config.methods import METHOD_CONFIGS, load_rank_file
 from zoft.config.schema import Recipe
 from zoft.engine.memory import GIB, VARIANTS, Split, estimate, forward_estimate, meta_model, shape_of
-from zoft.engine.objective import OBJECTIVES, Encoded
+from zoft.engine.objective import OBJECTIVES, BatchLoss, Encoded
 from zoft.errors import ZoftError
 from zoft.methods import METHODS
 from zoft.methods.fo import FirstOrder
@@ -35,10 +35,12 @@ def method_config(recipe: Recipe, name: str):
     return recipe.method if recipe.method.name == name else METHOD_CONFIGS.get(name, "--methods")()
 
 
-def method_for(recipe: Recipe, variant: str, params, seed: int):
+def method_for(recipe: Recipe, variant: str, params, seed: int, model=None):
     name, optimizer = VARIANTS[variant]
     optim = dataclasses.replace(recipe.optim, name=optimizer, betas=None)
-    return METHODS.get(name, "--methods")(params, method_config(recipe, name), optim, seed, steps_per_epoch=1000, max_steps=1000)
+    return METHODS.get(name, "--methods")(
+        params, method_config(recipe, name), optim, seed, steps_per_epoch=1000, max_steps=1000, model=model
+    )
 
 
 def estimates(recipe: Recipe, variants: list[str], batch: int, seq: int) -> dict[str, Split]:
@@ -70,13 +72,17 @@ def measure(recipe: Recipe, variants: list[str], batch: int, seq: int, steps: in
     device = next(model.parameters()).device
     weights = torch.cuda.memory_allocated(device)
     objective, data = synthetic_batch(model.config.vocab_size, batch, seq, device)
-    loss_fn = lambda: objective.loss(model, data)  # noqa: E731
+    loss_fn = BatchLoss(objective, model, data)
     results = {"forward": _run(lambda step: _forward(loss_fn), steps, device, weights, lambda: 0)}
     for variant in variants:
+        method = None
         try:
-            results[variant] = _measure_method(method_for(recipe, variant, params, recipe.run.seed), loss_fn, steps, device, weights)
+            method = method_for(recipe, variant, params, recipe.run.seed, model)
+            results[variant] = _measure_method(method, loss_fn, steps, device, weights)
         except torch.OutOfMemoryError:
             results[variant] = {"oom": True}
+        if method is not None:
+            method.close()
         for _, p in params:  # leave the model as the next method expects it
             p.requires_grad_(False)
             p.grad = None

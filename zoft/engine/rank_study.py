@@ -10,7 +10,8 @@ import torch
 
 from zoft.analysis.rank import TemporalSketch, normalized_spectrum, subspace_overlap, threshold_rank, top_subspace
 from zoft.config.schema import Recipe
-from zoft.engine.trainer import Batcher, _loss_fn, build_session
+from zoft.engine.objective import BatchLoss
+from zoft.engine.trainer import Batcher, build_session
 from zoft.errors import ZoftError
 
 EXCLUDED = ("*embed*", "*lm_head*", "*wte*", "*wpe*")  # default layer choice leaves these out
@@ -63,7 +64,7 @@ def study(recipe: Recipe, steps: int, layers: str | None, top_k: int, threshold:
     batcher = Batcher(session.train, recipe.train.batch_size, recipe.run.seed)
     for step in range(steps):
         batch = session.objective.train_batch(batcher.batch(step), session.pad_id).to(session.device)
-        loss_fn = _loss_fn(session.objective, session.model, batch)
+        loss_fn = BatchLoss(session.objective, session.model, batch)
         for p in weights:
             p.requires_grad_(True)
         with torch.enable_grad():

@@ -24,7 +24,7 @@ from zoft.data.tasks import TASKS, Task
 from zoft.engine import checkpoint
 from zoft.engine.distributed import init_world
 from zoft.engine.memory import peak_memory_gib
-from zoft.engine.objective import OBJECTIVES, Encoded, Objective, encode
+from zoft.engine.objective import OBJECTIVES, BatchLoss, Encoded, Objective, encode
 from zoft.engine.report import Reporter
 from zoft.engine.rng import stream_seed
 from zoft.engine.schedule import lr_at
@@ -105,6 +105,7 @@ def build_session(recipe: Recipe, with_method: bool = True, prepared=None) -> Se
             seed,
             steps_per_epoch=max(1, -(-len(splits.train) // recipe.train.batch_size)),
             max_steps=recipe.train.max_steps,
+            model=model,
         )
     shots = recipe.eval.icl_shots
     enc = lambda examples: encode(tokenizer, examples, recipe.data.max_length, task.kind)  # noqa: E731
@@ -145,7 +146,7 @@ def dry_run(recipe: Recipe) -> dict:
     session = build_session(recipe)
     items = Batcher(session.train, recipe.train.batch_size, recipe.run.seed).batch(0)
     batch = session.objective.train_batch(items, session.pad_id).to(session.device)
-    loss_fn = _loss_fn(session.objective, session.model, batch)
+    loss_fn = BatchLoss(session.objective, session.model, batch)
     if isinstance(session.method, ZOMethod):
         result = session.method.estimate(loss_fn, 0)  # perturbs and restores: no update
         loss, grads = result.loss, result.grads
@@ -159,10 +160,6 @@ def dry_run(recipe: Recipe) -> dict:
         "proj_grad": grads,
         "device": str(session.device),
     }
-
-
-def _loss_fn(objective: Objective, model, batch):
-    return lambda: objective.loss(model, batch)
 
 
 class Trainer:
@@ -273,6 +270,7 @@ class Trainer:
             session.params,
             session.method.state_dict(),
             {**state, "elapsed_s": self.elapsed(), "step": step},
+            session.method.deltas(),
         )
         if name is None:
             checkpoint.mark_latest(self.ckpt_root, folder)
@@ -337,11 +335,10 @@ class Trainer:
         items = batcher.batch(step) if spread else self.world.shard(batcher.batch(step))
         batch = session.objective.train_batch(items, session.pad_id).to(session.device)
         lr = lr_at(step, recipe.optim, recipe.train.max_steps) * state["lr_scale"]
-        loss_fn = _loss_fn(session.objective, session.model, batch)
         if spread:  # each rank: its queries on the whole batch; one all-reduce of q numbers
-            result = session.method.step(loss_fn, step, lr, queries=self.world)
-        else:  # each rank: its share of the batch; one all-reduce of a scalar per pass
-            result = session.method.step(lambda: self.world.mean(loss_fn()), step, lr)
+            result = session.method.step(BatchLoss(session.objective, session.model, batch), step, lr, queries=self.world)
+        else:  # each rank: its share of the batch; one all-reduce of a scalar (or pair) per pass
+            result = session.method.step(BatchLoss(session.objective, session.model, batch, self.world.mean), step, lr)
         record = {
             "step": step + 1,
             "loss": result.loss if result.finite else None,
@@ -450,6 +447,7 @@ class Trainer:
         test = None
         if recipe.eval.test and session.test:
             test = self._evaluate(session, "test", state["best_step"] or steps)[session.objective.metric]
+        session.method.merge()  # terms still in factor space go into the weights before saving
         if recipe.checkpoint.save_final and self.world.is_main:
             session.model.save_pretrained(self.run_dir / "model")
             session.tokenizer.save_pretrained(self.run_dir / "model")

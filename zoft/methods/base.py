@@ -34,8 +34,9 @@ class StepResult:
 class Method(ABC):
     """One training step over a list of named trainable tensors, and the state to checkpoint."""
 
-    def __init__(self, params: Named, cfg, optim: OptimConfig, seed: int, steps_per_epoch: int = 1, max_steps: int = 1):
+    def __init__(self, params: Named, cfg, optim: OptimConfig, seed: int, steps_per_epoch: int = 1, max_steps: int = 1, model=None):
         self.params = params
+        self.model = model  # only the functional path of low-rank methods hooks into it
         self.cfg = cfg
         self.optim = optim
         self.seed = seed
@@ -49,6 +50,16 @@ class Method(ABC):
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors kept between steps (empty for stateless methods)."""
         return {}
+
+    def deltas(self) -> dict[str, torch.Tensor]:
+        """Trained terms not yet written into the weights ({name.A, name.B}: W_eff = W + A Bᵀ)."""
+        return {}
+
+    def merge(self) -> None:
+        """Write every term of `deltas` into the weights (before saving the model)."""
+
+    def close(self) -> None:
+        """Take out of the model whatever the method put into it (hooks)."""
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         own = self.state_dict()

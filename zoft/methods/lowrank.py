@@ -1,4 +1,12 @@
-"""What the low-rank estimators share: 2-D tensors take a factored direction, 1-D ones a dense z."""
+"""What the low-rank estimators share: 2-D tensors take a factored direction A Bᵀ, 1-D ones a dense z.
+
+Two ways to apply a direction (SPEC.md, `method.path`):
+- in place: W += α A Bᵀ with `addmm_` on the weight itself (no m×n tensor is ever built);
+- functional: W is never written during a step; hooks add (x B)(A_acc + s ε A)ᵀ to the outputs of
+  the layers using W, the ±ε passes may share one forward over a doubled batch, and updates
+  accumulate in factor space (A_acc, m×r per matrix, fp32), merged into W when the basis B
+  changes and at the end (a read-only W, e.g. quantized, keeps the merged-out terms instead).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +16,14 @@ from typing import Sequence
 import torch
 
 from zoft.config.methods import load_rank_file
-from zoft.methods.base import ZOMethod, matrix
+from zoft.errors import ZoftError
+from zoft.methods.base import StepResult, ZOMethod, matrix
+from zoft.methods.functional import FunctionalPath, Unsupported
+
+PAIRED_MAX_EXAMPLES = 8  # paired_forward=auto doubles batches of at most this many examples
 
 
 class LowRankMethod(ZOMethod):
-    """Dispatches 2-D (and higher) tensors to `perturb_matrix` / `update_matrix` on a 2-D view.
-
-    Directions are applied with `addmm_` on the weight itself, so no m×n tensor is ever built.
-    """
-
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         per_layer = load_rank_file(self.cfg.rank) if isinstance(self.cfg.rank, str) else {}
@@ -26,24 +33,34 @@ class LowRankMethod(ZOMethod):
             for index, (name, p) in enumerate(self.params)
             if not self.is_dense(p)
         }
+        self.functional = self._choose_path()
+        self.acc_period = torch.zeros((), dtype=torch.long)  # the basis period A_acc is expressed in
+        if self.functional is not None:
+            for index in sorted(self.functional.hooked):
+                w = matrix(self.params[index][1])
+                acc = torch.zeros(w.shape[0], self.rank(index), dtype=torch.float32, device=w.device)
+                self.functional.set_basis(index, self.basis_of(index, w, 0), acc)
 
+    # ---- what each estimator says --------------------------------------------------------
+    @abstractmethod
+    def factors(self, index: int, w: torch.Tensor, step: int, query: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) with the direction Z = A Bᵀ (m×r, n×r) of parameter `index` at (step, query)."""
+
+    @abstractmethod
+    def update_factors(self, index: int, name: str, w: torch.Tensor, step: int, grads: Sequence[float], lr: float) -> torch.Tensor:
+        """A of this step's update W += A Bᵀ, B being this period's basis."""
+
+    @abstractmethod
+    def basis_of(self, index: int, w: torch.Tensor, period: int) -> torch.Tensor:
+        """B (n×r) of a basis period: the same for every step in it."""
+
+    @abstractmethod
+    def period(self, step: int) -> int:
+        """Which basis period `step` falls in."""
+
+    # ---- shared --------------------------------------------------------------------------
     def is_dense(self, p: torch.Tensor) -> bool:
         return p.ndim < 2
-
-    def perturb(self, step: int, query: int, scale: float) -> None:
-        for index, (_, p) in enumerate(self.params):
-            if self.is_dense(p):
-                self.perturb_dense(index, p, step, query, scale)
-            else:
-                self.perturb_matrix(index, matrix(p), step, query, scale * self.cfg.eps)
-
-    def update(self, step: int, grads: Sequence[float], lr: float) -> None:
-        for index, (name, p) in enumerate(self.params):
-            if self.is_dense(p):
-                self.update_dense(index, name, p, step, grads, lr)
-            else:
-                self.decay(p, lr)
-                self.update_matrix(index, name, matrix(p), step, grads, lr)
 
     def rank(self, index: int) -> int:
         return self.ranks[index]
@@ -52,10 +69,199 @@ class LowRankMethod(ZOMethod):
         """1/r for estimators normalized to be unbiased (SPEC: lozo, tezo), else 1."""
         return 1.0 / self.rank(index) if getattr(self.cfg, "normalize", False) else 1.0
 
-    @abstractmethod
-    def perturb_matrix(self, index: int, w: torch.Tensor, step: int, query: int, alpha: float) -> None:
-        """w += alpha · Z for the 2-D view w of parameter `index`."""
+    def _choose_path(self) -> FunctionalPath | None:
+        """The functional path when `method.path` asks for it, or (auto) on a GPU where it applies."""
+        choice, model = self.cfg.path, self.model
+        if choice == "inplace" or model is None:
+            if choice == "functional":
+                raise ZoftError("method.path: functional needs the model (not available here)")
+            return None
+        why = "optim.weight_decay: the functional path keeps W fixed; use method.path=inplace" if self.optim.weight_decay else None
+        if why is None:
+            try:
+                path = FunctionalPath(model, self.params, set(self.ranks))
+            except Unsupported as err:
+                why = f"method.path: {err}"
+        if why is not None:
+            if choice == "functional":
+                raise ZoftError(why)
+            return None
+        on_gpu = bool(self.params) and self.params[0][1].device.type == "cuda"
+        if choice == "auto" and not on_gpu:
+            path.close()
+            return None
+        if self.cfg.paired_forward == "always" and (reason := path.doubled_supported()) is not None:
+            path.close()
+            raise ZoftError(f"method.paired_forward: {reason}; use auto or never")
+        return path
 
-    @abstractmethod
-    def update_matrix(self, index: int, name: str, w: torch.Tensor, step: int, grads: Sequence[float], lr: float) -> None:
-        """Apply this step's update to the 2-D view w."""
+    def hooked(self, index: int) -> bool:
+        """Whether parameter `index` goes through the functional path's hooks (not written in steps)."""
+        return self.functional is not None and index in self.functional.hooked
+
+    def perturb(self, step: int, query: int, scale: float) -> None:
+        """Every tensor not on the functional path's hooks: W += scale·ε·Z in place."""
+        for index, (_, p) in enumerate(self.params):
+            if not self.hooked(index):
+                self.move(index, step, query, scale)
+
+    def move(self, index: int, step: int, query: int, scale: float) -> None:
+        p = self.params[index][1]
+        if self.is_dense(p):
+            self.perturb_dense(index, p, step, query, scale)
+        else:
+            a, b = self.factors(index, matrix(p), step, query)
+            matrix(p).addmm_(a, b.T, alpha=scale * self.cfg.eps)
+
+    def update(self, step: int, grads: Sequence[float], lr: float) -> None:
+        for index, (name, p) in enumerate(self.params):
+            if self.is_dense(p):
+                self.update_dense(index, name, p, step, grads, lr)
+                continue
+            w = matrix(p)
+            a = self.update_factors(index, name, w, step, grads, lr)
+            if self.hooked(index):
+                self.functional.acc[index].add_(a.float())
+            else:
+                self.decay(p, lr)
+                w.addmm_(a.to(w.dtype), self.basis_of(index, w, self.period(step)).T)
+
+    # ---- the functional path -------------------------------------------------------------
+    def _estimate(self, loss_fn, step, queries, keep_last):
+        if self.functional is None:
+            return super()._estimate(loss_fn, step, queries, keep_last)
+        return self._functional_estimate(loss_fn, step, queries), None
+
+    def _functional_estimate(self, loss_fn, step: int, queries) -> StepResult:
+        """ZOMethod._estimate with the matrices' directions set on the hooks instead of written
+        into W; the vectors move in place. With a doubled batch one forward gives L(+ε) and L(−ε)."""
+        self.rebase(step)
+        cfg, path = self.cfg, self.functional
+        in_place = [(i, p) for i, (_, p) in enumerate(self.params) if not self.hooked(i)]
+        snapshot = [p.detach().clone() for _, p in in_place] if cfg.restore == "copy" else None
+        on = {"query": 0, "scale": 0.0}  # the in-place tensors' perturbation
+
+        def move_vectors(query: int, scale: float) -> None:
+            self.perturb(step, query, scale)
+            on["query"], on["scale"] = query, on["scale"] + scale
+
+        def restore_vectors() -> None:
+            if snapshot is None:
+                move_vectors(on["query"], -on["scale"])
+            else:
+                for (_, p), saved in zip(in_place, snapshot):
+                    p.copy_(saved)
+            on["scale"] = 0.0
+
+        def loss(directions=None, scale: float = 0.0) -> float:
+            path.set_direction(directions or {}, scale=scale)
+            with torch.inference_mode():
+                return float(loss_fn())
+
+        count, paired = self.queries(step), self.pairs(loss_fn)
+        grads, losses = [0.0] * count, [0.0] * count
+        try:
+            base = loss() if cfg.perturbation == "one_side" else None
+            for query in range(count) if queries is None else queries.mine(count):
+                directions = self.directions(step, query)
+                move_vectors(query, +1.0)
+                if paired:
+                    rows = loss_fn.rows()
+                    signs = torch.cat([torch.ones(rows), -torch.ones(rows)]).to(self.params[0][1].device)
+                    z = {i: cfg.eps * self.dense(i, p, step, query) for i, p in in_place if self.is_dense(p)}
+                    move = lambda index, scale, query=query: self.move(index, step, query, scale)  # noqa: E731
+                    path.set_direction(directions, signs=signs, vectors=z, move=move)
+                    with torch.inference_mode():
+                        plus, minus = (float(v) for v in loss_fn.pair())
+                else:
+                    plus = loss(directions, +1.0)
+                    if base is None:
+                        move_vectors(query, -2.0)
+                        minus = loss(directions, -1.0)
+                restore_vectors()
+                if base is None:
+                    grads[query], losses[query] = (plus - minus) / (2 * cfg.eps), (plus + minus) / 2
+                else:
+                    grads[query], losses[query] = (plus - base) / cfg.eps, base
+        except BaseException:
+            if on["scale"]:
+                restore_vectors()
+            raise
+        finally:
+            path.clear_direction()
+        if queries is not None:
+            grads, losses = queries.combine(grads), queries.combine(losses)
+        return StepResult(sum(losses) / count, grads)
+
+    def directions(self, step: int, query: int) -> dict[int, torch.Tensor]:
+        """ε·A of every matrix for one query (A in fp32; B is the period's basis on the hooks)."""
+        out = {}
+        for index in self.functional.hooked:
+            a, _ = self.factors(index, matrix(self.params[index][1]), step, query)
+            out[index] = self.cfg.eps * a.float()
+        return out
+
+    def pairs(self, loss_fn) -> bool:
+        """Whether this step's ±ε passes share one doubled forward."""
+        choice = self.cfg.paired_forward
+        if choice == "never" or not hasattr(loss_fn, "pair") or self.cfg.perturbation != "two_side":
+            return False
+        if self.functional.doubled_supported() is not None:
+            return False
+        return choice == "always" or loss_fn.examples() <= PAIRED_MAX_EXAMPLES
+
+    def rebase(self, step: int) -> None:
+        """At a new basis period: merge A_acc Bᵀ into W (or keep it aside for a read-only W)."""
+        period = self.period(step)
+        if self.functional is None or int(self.acc_period) == period:
+            return
+        self.merge()
+        for index in sorted(self.functional.hooked):
+            self.functional.basis[index] = self.basis_of(index, matrix(self.params[index][1]), period)
+        self.acc_period.fill_(period)
+
+    def merge(self) -> None:
+        """W += A_acc Bᵀ for every matrix, then A_acc = 0 (the model no longer needs the hooks' terms)."""
+        if self.functional is None:
+            return
+        for index in sorted(self.functional.hooked):
+            acc, basis = self.functional.acc[index], self.functional.basis[index]
+            if bool(acc.any()):
+                w = matrix(self.params[index][1])
+                if w.dtype.is_floating_point:
+                    w.addmm_(acc.to(w.dtype), basis.T)
+                else:
+                    self.functional.frozen.setdefault(index, []).append((acc.clone(), basis))
+                acc.zero_()
+
+    def close(self) -> None:
+        if self.functional is not None:
+            self.functional.close()
+
+    def deltas(self) -> dict[str, torch.Tensor]:
+        """The terms not yet in W, for evaluating a checkpoint: {name.A, name.B} with W_eff = W + Σ A Bᵀ."""
+        if self.functional is None:
+            return {}
+        out = {}
+        for index in sorted(self.functional.hooked):
+            terms = list(self.functional.frozen.get(index, ())) + [(self.functional.acc[index], self.functional.basis[index])]
+            terms = [(a, b) for a, b in terms if bool(a.any())]
+            if terms:
+                name = self.params[index][0]
+                out[f"{name}.A"] = torch.cat([a.float() for a, _ in terms], 1)
+                out[f"{name}.B"] = torch.cat([b.float() for _, b in terms], 1)
+        return out
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = super().state_dict()
+        if self.functional is not None:
+            state |= {f"acc.{self.params[i][0]}": self.functional.acc[i] for i in sorted(self.functional.hooked)}
+            state["acc.period"] = self.acc_period
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        if self.functional is not None:  # the basis of the loaded accumulators' period
+            for index in sorted(self.functional.hooked):
+                w = matrix(self.params[index][1])
+                self.functional.basis[index] = self.basis_of(index, w, int(self.acc_period))

@@ -32,26 +32,31 @@ class LOZO(LowRankMethod):
     def u(self, index: int, w: torch.Tensor, step: int, query: int) -> torch.Tensor:
         return gaussian((w.shape[0], self.rank(index)), w, self.seed, step, query, index, DIRECTION)
 
-    def perturb_matrix(self, index, w, step, query, alpha):
-        w.addmm_(self.u(index, w, step, query), self.v(index, w, step // self.cfg.lazy_interval).T, alpha=alpha)
+    def period(self, step: int) -> int:
+        return step // self.cfg.lazy_interval
 
-    def update_matrix(self, index, name, w, step, grads, lr):
-        k = step // self.cfg.lazy_interval
+    def basis_of(self, index, w, period):
+        return self.v(index, w, period)
+
+    def factors(self, index, w, step, query):
+        return self.u(index, w, step, query), self.v(index, w, self.period(step))
+
+    def update_factors(self, index, name, w, step, grads, lr):
+        k = self.period(step)
         factor = sum(g * self.u(index, w, step, q) for q, g in enumerate(grads)) / len(grads)  # m×r
-        v = self.v(index, w, k)
         if self.optim.name == "momentum":
             n_buf = self.momentum[f"N.{name}"]
             old = int(self.momentum_basis)
             if old != k:  # carry N into the new basis: N V_oldᵀ V_new / n
-                n_buf.copy_(n_buf @ (self.v(index, w, old).T @ v) / w.shape[1])
+                n_buf.copy_(n_buf @ (self.v(index, w, old).T @ self.v(index, w, k)) / w.shape[1])
             beta = self.optim.beta_values()[0]
             n_buf.mul_(beta).add_(factor, alpha=1 - beta)
             factor = n_buf
-        w.addmm_(factor, v.T, alpha=-lr * self.rank_scale(index))
+        return factor * (-lr * self.rank_scale(index))
 
     def update(self, step: int, grads: Sequence[float], lr: float) -> None:
         super().update(step, grads, lr)
-        self.momentum_basis.fill_(step // self.cfg.lazy_interval)
+        self.momentum_basis.fill_(self.period(step))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = super().state_dict() | self.momentum

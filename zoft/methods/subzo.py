@@ -18,19 +18,24 @@ from zoft.methods.lowrank import LowRankMethod
 @METHODS.register("subzo")
 class SubZO(LowRankMethod):
     def __init__(self, *args, **kwargs):
+        self.subspaces: dict[int, tuple[int, torch.Tensor, torch.Tensor]] = {}  # before the bases are asked for
         super().__init__(*args, **kwargs)
-        self.subspaces: dict[int, tuple[int, torch.Tensor, torch.Tensor]] = {}
 
-    def subspace(self, index: int, w: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        k = step // self.cfg.update_interval
+    def period(self, step: int) -> int:
+        return step // self.cfg.update_interval
+
+    def subspace(self, index: int, w: torch.Tensor, period: int) -> tuple[torch.Tensor, torch.Tensor]:
         cached = self.subspaces.get(index)
-        if cached is None or cached[0] != k:
+        if cached is None or cached[0] != period:
             m, n, r = *w.shape, self.rank(index)
-            p = torch.linalg.qr(gaussian((m, r), w, self.seed, k, index, BASIS, 0, dtype=torch.float32))[0]
-            q = torch.linalg.qr(gaussian((n, r), w, self.seed, k, index, BASIS, 1, dtype=torch.float32))[0]
-            cached = (k, p.to(w.dtype), q.to(w.dtype))
+            p = torch.linalg.qr(gaussian((m, r), w, self.seed, period, index, BASIS, 0, dtype=torch.float32))[0]
+            q = torch.linalg.qr(gaussian((n, r), w, self.seed, period, index, BASIS, 1, dtype=torch.float32))[0]
+            cached = (period, p.to(w.dtype), q.to(w.dtype))
             self.subspaces[index] = cached
         return cached[1], cached[2]
+
+    def basis_of(self, index, w, period):
+        return self.subspace(index, w, period)[1]
 
     def s(self, index: int, w: torch.Tensor, step: int, query: int) -> torch.Tensor:
         return gaussian((self.rank(index), self.rank(index)), w, self.seed, step, query, index, DIRECTION)
@@ -38,11 +43,11 @@ class SubZO(LowRankMethod):
     def scale(self, index: int, w: torch.Tensor) -> float:
         return math.sqrt(w.shape[0] * w.shape[1]) / self.rank(index)
 
-    def perturb_matrix(self, index, w, step, query, alpha):
-        p, q = self.subspace(index, w, step)
-        w.addmm_(p @ self.s(index, w, step, query), q.T, alpha=alpha * self.scale(index, w))
+    def factors(self, index, w, step, query):
+        p, q = self.subspace(index, w, self.period(step))
+        return self.scale(index, w) * (p @ self.s(index, w, step, query)), q
 
-    def update_matrix(self, index, name, w, step, grads, lr):
-        p, q = self.subspace(index, w, step)
+    def update_factors(self, index, name, w, step, grads, lr):
+        p, _ = self.subspace(index, w, self.period(step))
         core = sum(g * self.s(index, w, step, j) for j, g in enumerate(grads)) / len(grads)
-        w.addmm_(p @ core, q.T, alpha=-lr * self.scale(index, w))
+        return (p @ core) * (-lr * self.scale(index, w))

@@ -28,26 +28,28 @@ class TeZO(LowRankMethod):
     def period(self, step: int) -> int:
         return step // self.cfg.refresh_interval if self.cfg.refresh_interval else 0
 
-    def basis(self, index: int, w: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def basis(self, index: int, w: torch.Tensor, period: int) -> tuple[torch.Tensor, torch.Tensor]:
         """U and V, regenerated from their seed at each use: nothing m- or n-sized is kept."""
-        k = self.period(step)
-        u = gaussian((w.shape[0], self.rank(index)), w, self.seed, k, index, BASIS, 0)
-        v = gaussian((w.shape[1], self.rank(index)), w, self.seed, k, index, BASIS, 1)
+        u = gaussian((w.shape[0], self.rank(index)), w, self.seed, period, index, BASIS, 0)
+        v = gaussian((w.shape[1], self.rank(index)), w, self.seed, period, index, BASIS, 1)
         return u, v
+
+    def basis_of(self, index, w, period):
+        return self.basis(index, w, period)[1]
 
     def tau(self, index: int, w: torch.Tensor, step: int, query: int) -> torch.Tensor:
         return gaussian((self.rank(index),), w, self.seed, step, query, index, DIRECTION)
 
-    def perturb_matrix(self, index, w, step, query, alpha):
-        u, v = self.basis(index, w, step)
-        w.addmm_(u * self.tau(index, w, step, query), v.T, alpha=alpha)
+    def factors(self, index, w, step, query):
+        u, v = self.basis(index, w, self.period(step))
+        return u * self.tau(index, w, step, query), v
 
-    def update_matrix(self, index, name, w, step, grads, lr):
-        u, v = self.basis(index, w, step)
+    def update_factors(self, index, name, w, step, grads, lr):
+        u, _ = self.basis(index, w, self.period(step))
         coeff = sum(g * self.tau(index, w, step, q).float() for q, g in enumerate(grads)) / len(grads)
         if self.optim.name != "sgd":
             coeff = self.factor_step(name, coeff, step)
-        w.addmm_(u * coeff.to(w.dtype), v.T, alpha=-lr * self.rank_scale(index))
+        return u.float() * (coeff * (-lr * self.rank_scale(index)))
 
     def factor_step(self, name: str, c: torch.Tensor, step: int) -> torch.Tensor:
         """Momentum or Adam on the r coefficients c_t = g_t τ_t; returns the coefficients to apply."""

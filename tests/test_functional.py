@@ -1,0 +1,119 @@
+"""The functional path (SPEC.md): hooks instead of weight writes, a doubled batch for ±ε, updates
+in factor space merged at basis changes; equal to the in-place path up to rounding (fp32, CPU)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from zoft.config.loader import recipe_from_dict
+from zoft.engine import checkpoint
+from zoft.engine.objective import BatchLoss
+from zoft.engine.trainer import build_session
+from zoft.errors import ZoftError
+
+from test_train import assert_resume_is_exact, run_dir, train
+
+VARIANTS = {
+    "lozo": ({"name": "lozo", "rank": 2, "lazy_interval": 2}, {"lr": 1e-2}),
+    "lozo-m": ({"name": "lozo", "rank": 2, "lazy_interval": 2}, {"name": "momentum", "lr": 1e-2}),
+    "subzo": ({"name": "subzo", "rank": 2, "update_interval": 2}, {"lr": 1e-3}),
+    "tezo": ({"name": "tezo", "rank": 3, "refresh_interval": 3}, {"lr": 1e-2}),
+    "tezo-adam": ({"name": "tezo", "rank": 3}, {"name": "adam", "lr": 1e-3}),
+}
+
+
+def session_for(tiny, method, optim, model="tiny:opt-32x2", **extra):
+    recipe = copy.deepcopy(tiny)
+    recipe["model"] = {"name_or_path": model}
+    recipe["method"], recipe["optim"] = {**method, **extra}, optim
+    recipe["data"] = {"task": "toy_sentiment", "num_train": 8, "num_dev": 0, "num_eval": 1}
+    recipe["train"] = {"batch_size": 8, "max_steps": 10}
+    session = build_session(recipe_from_dict(recipe))
+    return session, BatchLoss(session.objective, session.model, session.objective.train_batch(session.train, session.pad_id))
+
+
+def effective_weights(session) -> dict[str, torch.Tensor]:
+    """W + the terms the method still holds in factor space."""
+    deltas = session.method.deltas()
+    out = {}
+    for name, p in session.params:
+        w = p.detach().clone()
+        if f"{name}.A" in deltas:
+            w.view(w.shape[0], -1).addmm_(deltas[f"{name}.A"], deltas[f"{name}.B"].T)
+        out[name] = w
+    return out
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("model", ["tiny:opt-32x2", "tiny:llama-32x2"])
+def test_the_functional_path_follows_the_in_place_trajectory(tiny, variant, model):
+    """Same projected gradients and weights, steps across basis changes included (biases, layer and
+    RMS norms, a tied embedding)."""
+    runs = {}
+    for path in ("inplace", "functional"):
+        session, loss_fn = session_for(tiny, *VARIANTS[variant], model=model, path=path, paired_forward="never")
+        grads = [session.method.step(loss_fn, step, session.method.optim.lr).grads[0] for step in range(5)]
+        runs[path] = grads, effective_weights(session)
+    assert runs["functional"][0] == pytest.approx(runs["inplace"][0], rel=1e-3, abs=1e-4)
+    for name, w in runs["inplace"][1].items():
+        torch.testing.assert_close(runs["functional"][1][name], w, rtol=1e-4, atol=2e-5, msg=name)
+
+
+@pytest.mark.parametrize("model", ["tiny:opt-32x2", "tiny:llama-32x2"])
+def test_a_doubled_batch_gives_both_losses_of_two_forwards(tiny, model):
+    """One forward over [batch; batch] with +ε on the first half and −ε on the second (biases
+    corrected, norms recomputed) equals the two separate forwards."""
+    results = {}
+    for paired in ("never", "always"):
+        session, loss_fn = session_for(tiny, *VARIANTS["tezo"], model=model, path="functional", paired_forward=paired)
+        results[paired] = [session.method.step(loss_fn, step, 1e-2) for step in range(3)]
+    for a, b in zip(results["always"], results["never"]):
+        assert a.grads == pytest.approx(b.grads, rel=1e-3, abs=1e-4)  # fp32 rounding / 2ε
+        assert a.loss == pytest.approx(b.loss, rel=1e-5)
+
+
+def test_no_matrix_is_written_during_a_step_and_merges_happen_at_basis_changes(tiny):
+    session, loss_fn = session_for(tiny, *VARIANTS["lozo"], path="functional")
+    hooked = session.method.functional.hooked  # OPT's learned positions are not: they move in place
+    matrices = {n: p for i, (n, p) in enumerate(session.params) if i in hooked}
+    before = {n: p.clone() for n, p in matrices.items()}
+    session.method.step(loss_fn, 0, 1e-2)
+    session.method.step(loss_fn, 1, 1e-2)  # V is the same for steps 0 and 1: W untouched
+    assert all(torch.equal(p, before[n]) for n, p in matrices.items())
+    assert session.method.deltas()
+    session.method.step(loss_fn, 2, 1e-2)  # a new V: the first period's updates go into W
+    assert all(not torch.equal(p, before[n]) for n, p in matrices.items())
+
+
+@pytest.mark.parametrize("variant", ["lozo", "tezo-adam"])
+def test_functional_runs_resume_bit_identically(tiny, variant):
+    tiny["model"] = {"name_or_path": "tiny:opt-32x2"}
+    tiny["method"], tiny["optim"] = {**VARIANTS[variant][0], "path": "functional"}, VARIANTS[variant][1]
+    assert_resume_is_exact(tiny)
+
+
+def test_a_checkpoint_evaluates_with_its_factor_space_terms(tiny):
+    tiny["model"] = {"name_or_path": "tiny:opt-32x2"}
+    tiny["method"] = {**VARIANTS["lozo"][0], "lazy_interval": 100, "path": "functional"}
+    tiny["optim"] = {"lr": 1e-1}
+    tiny["checkpoint"]["resume"] = "auto"
+    train(tiny)
+    folder = run_dir(tiny) / "checkpoints" / "step_0000006"
+    assert (folder / checkpoint.DELTAS).is_file()  # nothing merged yet: the terms travel beside W
+    trained = build_session(recipe_from_dict(tiny))
+    checkpoint.load(folder, trained.params, trained.method)  # W and the factor-space state
+    plain = build_session(recipe_from_dict(tiny), with_method=False)
+    checkpoint.load_weights(folder, plain.params)  # what zoft eval does: W with the terms written in
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        base = build_session(recipe_from_dict(tiny), with_method=False).model(ids).logits
+        torch.testing.assert_close(plain.model(ids).logits, trained.model(ids).logits, rtol=1e-4, atol=5e-4)
+        assert float((plain.model(ids).logits - base).abs().max()) > 1e-2
+
+
+def test_recipes_asking_for_what_the_functional_path_cannot_do_are_refused(tiny):
+    with pytest.raises(ZoftError, match="optim.weight_decay"):
+        session_for(tiny, {"name": "tezo", "path": "functional"}, {"lr": 1e-3, "weight_decay": 0.1})
