@@ -73,12 +73,12 @@ def measure(recipe: Recipe, variants: list[str], batch: int, seq: int, steps: in
     weights = torch.cuda.memory_allocated(device)
     objective, data = synthetic_batch(model.config.vocab_size, batch, seq, device)
     loss_fn = BatchLoss(objective, model, data)
-    results = {"forward": _run(lambda step: _forward(loss_fn), steps, device, weights, lambda: 0)}
+    results = {"forward": run_steps(lambda step: _forward(loss_fn), steps, device, weights, lambda: 0)}
     for variant in variants:
         method = None
         try:
             method = method_for(recipe, variant, params, recipe.run.seed, model)
-            results[variant] = _measure_method(method, loss_fn, steps, device, weights)
+            results[variant] = measure_method(method, loss_fn, steps, device, weights)
         except torch.OutOfMemoryError:
             results[variant] = {"oom": True}
         if method is not None:
@@ -91,14 +91,14 @@ def measure(recipe: Recipe, variants: list[str], batch: int, seq: int, steps: in
     return results
 
 
-def _measure_method(method, loss_fn, steps: int, device, weights: int) -> dict:
+def measure_method(method, loss_fn, steps: int, device, weights: int) -> dict:
     trained = sum(p.numel() * p.element_size() for _, p in method.params)
     grads = trained if isinstance(method, FirstOrder) else 0  # first-order: gradients at the peak
 
     def state_bytes() -> int:
         return grads + sum(t.numel() * t.element_size() for t in method.state_dict().values())
 
-    return _run(lambda step: method.step(loss_fn, step, 1e-9), steps, device, weights, state_bytes, grads)
+    return run_steps(lambda step: method.step(loss_fn, step, 1e-9), steps, device, weights, state_bytes, grads)
 
 
 def _forward(loss_fn) -> None:
@@ -106,7 +106,7 @@ def _forward(loss_fn) -> None:
         loss_fn()
 
 
-def _run(step_fn, steps: int, device, weights: int, state_bytes, transient_state: int = 0) -> dict:
+def run_steps(step_fn, steps: int, device, weights: int, state_bytes, transient_state: int = 0) -> dict:
     """Peak memory split and mean time of `steps` steps after a warm-up; `transient_state` bytes of
     the state (first-order gradients) exist only around the peak, not between steps."""
     step_fn(0)  # warm-up: kernels, caches, lazily built state

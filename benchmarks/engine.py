@@ -1,0 +1,198 @@
+"""Step time and peak memory of every zoft method against forward passes, on one GPU, in one run.
+
+Rows per model shape and batch size (random weights, bf16, synthetic token ids):
+  forward            one inference forward (the memory floor)
+  two forwards       two back-to-back forwards: the floor of a two-sided ZO step
+  reference MeZO     MeZO as its official code is written (an independent re-implementation of
+                     that algorithm: torch.normal per tensor, z regenerated for each of 4 passes)
+  zoft methods       each ZO method and optimizer, on the in-place and functional paths
+  AdamW              first-order fine-tuning (backpropagation)
+
+Usage (on a CUDA machine, from the repository root):
+  python benchmarks/engine.py --shapes opt-1.3b,llama-7b,opt-13b --batches 16,4 --out bench-out
+It writes bench-out/engine.json and bench-out/engine.md; --docs docs/benchmarks.md replaces that
+file's section between the `engine-benchmark` markers with the new tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from zoft.config.loader import load_recipe
+from zoft.config.methods import METHOD_CONFIGS
+from zoft.engine.memory import GIB
+from zoft.engine.objective import BatchLoss
+from zoft.engine.profiling import measure_method, run_steps, synthetic_batch
+from zoft.engine.trainer import prepare_model
+from zoft.methods import METHODS
+
+# label: (method, optimizer, method keys)
+VARIANTS = {
+    "mezo": ("mezo", "sgd", {"noise": "triton"}),
+    "mezo (torch noise)": ("mezo", "sgd", {"noise": "torch"}),
+    "mezo-adam": ("mezo", "adam", {}),
+    "lozo (in place)": ("lozo", "sgd", {"path": "inplace"}),
+    "lozo": ("lozo", "sgd", {"path": "functional"}),
+    "lozo-m": ("lozo", "momentum", {"path": "functional"}),
+    "subzo (in place)": ("subzo", "sgd", {"path": "inplace"}),
+    "subzo": ("subzo", "sgd", {"path": "functional"}),
+    "tezo (in place)": ("tezo", "sgd", {"path": "inplace"}),
+    "tezo": ("tezo", "sgd", {"path": "functional"}),
+    "tezo-m": ("tezo", "momentum", {"path": "functional"}),
+    "tezo-adam": ("tezo", "adam", {"path": "functional"}),
+    "AdamW (first-order)": ("fo", "adam", {}),
+}
+
+
+def reference_mezo_step(params, loss_fn, seed: int, eps: float = 1e-3, lr: float = 1e-9) -> None:
+    """One step of MeZO as the official code does it: the global RNG reseeded before each of the
+    four passes, a fresh torch.normal tensor per parameter per pass, decay term on matrices."""
+
+    def perturb(scale: float) -> None:
+        torch.manual_seed(seed)
+        for _, p in params:
+            z = torch.normal(mean=0, std=1, size=p.shape, device=p.device, dtype=p.dtype)
+            p.data = p.data + scale * z * eps
+
+    with torch.inference_mode():
+        perturb(1)
+        plus = loss_fn()
+        perturb(-2)
+        minus = loss_fn()
+        perturb(1)
+        grad = float((plus - minus) / (2 * eps))
+        torch.manual_seed(seed)
+        for name, p in params:
+            z = torch.normal(mean=0, std=1, size=p.shape, device=p.device, dtype=p.dtype)
+            if "bias" not in name and "norm" not in name:
+                p.data = p.data - lr * (grad * z + 0.0 * p.data)
+            else:
+                p.data = p.data - lr * grad * z
+
+
+def bench_shape(shape: str, batches: list[int], seq: int, steps: int, variants: list[str]) -> list[dict]:
+    recipe = load_recipe("profile/opt-1.3b", [f"model.config={shape}", "model.dtype=bf16", "model.device=cuda"])
+    model, _, params = prepare_model(recipe, 0)
+    device = next(model.parameters()).device
+    weights = torch.cuda.memory_allocated(device)
+    rows = []
+    for batch in batches:
+        objective, data = synthetic_batch(model.config.vocab_size, batch, seq, device)
+        loss_fn = BatchLoss(objective, model, data)
+
+        def forward(step, times=1):
+            with torch.inference_mode():
+                for _ in range(times):
+                    loss_fn()
+
+        base = run_steps(forward, steps, device, weights, lambda: 0)
+        rows.append({"shape": shape, "batch": batch, "row": "forward", **base})
+        pair = run_steps(lambda step: forward(step, 2), steps, device, weights, lambda: 0)
+        rows.append({"shape": shape, "batch": batch, "row": "two forwards", **pair})
+        try:
+            ref = run_steps(lambda step: reference_mezo_step(params, loss_fn, step), steps, device, weights, lambda: 0)
+        except torch.OutOfMemoryError:
+            ref = {"oom": True}
+        rows.append({"shape": shape, "batch": batch, "row": "reference MeZO", **ref})
+        for label in variants:
+            name, optimizer, keys = VARIANTS[label]
+            cfg = METHOD_CONFIGS.get(name, "")(**keys)
+            optim = dataclasses.replace(recipe.optim, name=optimizer, lr=1e-9)
+            method = None
+            try:
+                method = METHODS.get(name, "")(params, cfg, optim, 0, steps_per_epoch=1000, max_steps=1000, model=model)
+                result = measure_method(method, loss_fn, steps, device, weights)
+                result["path"] = "functional" if getattr(method, "functional", None) is not None else "in place"
+            except torch.OutOfMemoryError:
+                result = {"oom": True}
+            if method is not None:
+                method.close()
+            for _, p in params:
+                p.requires_grad_(False)
+                p.grad = None
+            del method
+            gc.collect()
+            torch.cuda.empty_cache()
+            rows.append({"shape": shape, "batch": batch, "row": label, **result})
+            print(json.dumps(rows[-1]), flush=True)
+    del model, params
+    gc.collect()
+    torch.cuda.empty_cache()
+    return rows
+
+
+def markdown(rows: list[dict], command: str) -> str:
+    import transformers
+
+    out = [
+        f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"Python {platform.python_version()}; random weights, bf16, synthetic batches of 256 tokens.",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        "\"× two fwd\" is the step time over that of two forward passes (the floor of a two-sided step); "
+        "\"peak vs fwd\" compares the step's peak allocated memory with one forward's.",
+    ]
+    for (shape, batch) in dict.fromkeys((r["shape"], r["batch"]) for r in rows):
+        group = [r for r in rows if r["shape"] == shape and r["batch"] == batch]
+        fwd = next(r for r in group if r["row"] == "forward")
+        two = next(r for r in group if r["row"] == "two forwards")
+        out += ["", f"### {shape}, batch {batch}", "", "| step | path | ms | × two fwd | peak GiB | peak vs fwd |", "|---|---|---|---|---|---|"]
+        for r in group:
+            if r.get("oom"):
+                out.append(f"| {r['row']} | | out of memory | | | |")
+                continue
+            ratio = r["step_ms"] / two["step_ms"]
+            vs = (r["peak"] / fwd["peak"] - 1) * 100
+            out.append(f"| {r['row']} | {r.get('path', '')} | {r['step_ms']:.1f} | {ratio:.2f} | {r['peak']:.3f} | {vs:+.2f}% |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="opt-1.3b,llama-7b,opt-13b")
+    parser.add_argument("--batches", default="16,4")
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--out", default="bench-out")
+    parser.add_argument("--docs", default=None, help="a markdown file whose engine-benchmark section is replaced")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks/engine.py measures on a CUDA GPU; none is visible")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    batches = [int(b) for b in args.batches.split(",")]
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        sys.exit(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
+    rows = []
+    for shape in args.shapes.split(","):
+        rows += bench_shape(shape, batches, args.seq, args.steps, variants)
+    (out / "engine.json").write_text(json.dumps(rows, indent=1))
+    command = "python benchmarks/engine.py " + " ".join(sys.argv[1:])
+    text = markdown(rows, command)
+    (out / "engine.md").write_text(text)
+    if args.docs:
+        docs = Path(args.docs)
+        begin, end = "<!-- engine-benchmark:begin -->", "<!-- engine-benchmark:end -->"
+        pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+        docs.write_text(pattern.sub(lambda _: f"{begin}\n{text}{end}", docs.read_text()))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
