@@ -223,23 +223,23 @@ class ZOMethod(Method):
                     p.copy_(saved)
             applied["scale"] = 0.0
 
-        def loss() -> float:
+        def loss() -> torch.Tensor:  # left on the device: one sync per query, not per forward
             with torch.inference_mode():
-                return float(loss_fn())
+                return loss_fn().detach()
 
         count = self.queries(step)
         grads, losses = [0.0] * count, [0.0] * count
         try:
-            base = loss() if cfg.perturbation == "one_side" else None
+            base = float(loss()) if cfg.perturbation == "one_side" else None
             for query in (range(count) if queries is None else queries.mine(count)):
                 move(query, +1.0)
                 plus = loss()
                 if base is not None:
                     restore()
-                    grads[query], losses[query] = (plus - base) / cfg.eps, base
+                    grads[query], losses[query] = (float(plus) - base) / cfg.eps, base
                     continue
                 move(query, -2.0)
-                minus = loss()
+                plus, minus = float(plus), float(loss())
                 grads[query], losses[query] = (plus - minus) / (2 * cfg.eps), (plus + minus) / 2
                 if not (keep_last and query == count - 1):
                     restore()

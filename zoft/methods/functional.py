@@ -57,6 +57,7 @@ class FunctionalPath:
             del self.owners[index]
         self.params = params
         self.acc: dict[int, torch.Tensor] = {}  # A_acc (m×r), fp32
+        self.live: set[int] = set()  # matrices whose A_acc may be non-zero (no GPU sync to ask)
         self.basis: dict[int, torch.Tensor] = {}  # B (n×r) of the accumulator and the direction
         self.frozen: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # merged-out terms of a read-only W
         self.direction: dict[int, torch.Tensor] = {}  # ε·A (m×r) of the query being evaluated
@@ -117,7 +118,7 @@ class FunctionalPath:
         B = [B, B], and the second r columns of x B are scaled by the row signs."""
         if index not in self._cache:
             acc, direction, basis = self.acc.get(index), self.direction.get(index), self.basis.get(index)
-            if basis is None or (direction is None and (acc is None or not bool(acc.any()))):
+            if basis is None or (direction is None and index not in self.live):
                 factors = None
             elif direction is None:
                 factors = (acc.to(dtype), basis, False)

@@ -33,6 +33,7 @@ class LowRankMethod(ZOMethod):
             for index, (name, p) in enumerate(self.params)
             if not self.is_dense(p)
         }
+        self._vector_cache: tuple = (None, [], [])
         self.functional = self._choose_path()
         self.acc_period = torch.zeros((), dtype=torch.long)  # the basis period A_acc is expressed in
         if self.functional is not None:
@@ -100,10 +101,21 @@ class LowRankMethod(ZOMethod):
         return self.functional is not None and index in self.functional.hooked
 
     def perturb(self, step: int, query: int, scale: float) -> None:
-        """Every tensor not on the functional path's hooks: W += scale·ε·Z in place."""
+        """Every tensor not on the functional path's hooks: W += scale·ε·Z in place; the vectors'
+        z are drawn once per query and added by one multi-tensor kernel per pass."""
+        vectors, zs = self.vector_directions(step, query)
+        if vectors:
+            torch._foreach_add_(vectors, zs, alpha=scale * self.cfg.eps)
         for index, (_, p) in enumerate(self.params):
-            if not self.hooked(index):
+            if not self.is_dense(p) and not self.hooked(index):
                 self.move(index, step, query, scale)
+
+    def vector_directions(self, step: int, query: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The 1-D tensors and their z at (step, query), kept until the next query (a few MB at most)."""
+        if self._vector_cache[0] != (step, query):
+            vectors = [(i, p) for i, (_, p) in enumerate(self.params) if self.is_dense(p)]
+            self._vector_cache = ((step, query), [p for _, p in vectors], [self.dense(i, p, step, query) for i, p in vectors])
+        return self._vector_cache[1], self._vector_cache[2]
 
     def move(self, index: int, step: int, query: int, scale: float) -> None:
         p = self.params[index][1]
@@ -122,6 +134,7 @@ class LowRankMethod(ZOMethod):
             a = self.update_factors(index, name, w, step, grads, lr)
             if self.hooked(index):
                 self.functional.acc[index].add_(a.float())
+                self.functional.live.add(index)
             else:
                 self.decay(p, lr)
                 w.addmm_(a.to(w.dtype), self.basis_of(index, w, self.period(step)).T)
@@ -153,15 +166,15 @@ class LowRankMethod(ZOMethod):
                     p.copy_(saved)
             on["scale"] = 0.0
 
-        def loss(directions=None, scale: float = 0.0) -> float:
+        def loss(directions=None, scale: float = 0.0) -> torch.Tensor:  # left on the device (one sync per query)
             path.set_direction(directions or {}, scale=scale)
             with torch.inference_mode():
-                return float(loss_fn())
+                return loss_fn().detach()
 
         count, paired = self.queries(step), self.pairs(loss_fn)
         grads, losses = [0.0] * count, [0.0] * count
         try:
-            base = loss() if cfg.perturbation == "one_side" else None
+            base = float(loss()) if cfg.perturbation == "one_side" else None
             for query in range(count) if queries is None else queries.mine(count):
                 directions = self.directions(step, query)
                 move_vectors(query, +1.0)
@@ -177,7 +190,8 @@ class LowRankMethod(ZOMethod):
                     plus = loss(directions, +1.0)
                     if base is None:
                         move_vectors(query, -2.0)
-                        minus = loss(directions, -1.0)
+                        minus = float(loss(directions, -1.0))
+                    plus = float(plus)
                 restore_vectors()
                 if base is None:
                     grads[query], losses[query] = (plus - minus) / (2 * cfg.eps), (plus + minus) / 2
@@ -224,15 +238,15 @@ class LowRankMethod(ZOMethod):
         """W += A_acc Bᵀ for every matrix, then A_acc = 0 (the model no longer needs the hooks' terms)."""
         if self.functional is None:
             return
-        for index in sorted(self.functional.hooked):
+        for index in sorted(self.functional.live):
             acc, basis = self.functional.acc[index], self.functional.basis[index]
-            if bool(acc.any()):
-                w = matrix(self.params[index][1])
-                if w.dtype.is_floating_point:
-                    w.addmm_(acc.to(w.dtype), basis.T)
-                else:
-                    self.functional.frozen.setdefault(index, []).append((acc.clone(), basis))
-                acc.zero_()
+            w = matrix(self.params[index][1])
+            if w.dtype.is_floating_point:
+                w.addmm_(acc.to(w.dtype), basis.T)
+            else:
+                self.functional.frozen.setdefault(index, []).append((acc.clone(), basis))
+            acc.zero_()
+        self.functional.live.clear()
 
     def close(self) -> None:
         if self.functional is not None:
@@ -244,8 +258,9 @@ class LowRankMethod(ZOMethod):
             return {}
         out = {}
         for index in sorted(self.functional.hooked):
-            terms = list(self.functional.frozen.get(index, ())) + [(self.functional.acc[index], self.functional.basis[index])]
-            terms = [(a, b) for a, b in terms if bool(a.any())]
+            terms = list(self.functional.frozen.get(index, ()))
+            if index in self.functional.live:
+                terms.append((self.functional.acc[index], self.functional.basis[index]))
             if terms:
                 name = self.params[index][0]
                 out[f"{name}.A"] = torch.cat([a.float() for a, _ in terms], 1)
@@ -262,6 +277,7 @@ class LowRankMethod(ZOMethod):
     def load_state_dict(self, state):
         super().load_state_dict(state)
         if self.functional is not None:  # the basis of the loaded accumulators' period
+            self.functional.live.update(self.functional.hooked)
             for index in sorted(self.functional.hooked):
                 w = matrix(self.params[index][1])
                 self.functional.basis[index] = self.basis_of(index, w, int(self.acc_period))
