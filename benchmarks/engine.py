@@ -64,7 +64,7 @@ def reference_mezo_step(params, loss_fn, seed: int, eps: float = 1e-3, lr: float
             z = torch.normal(mean=0, std=1, size=p.shape, device=p.device, dtype=p.dtype)
             p.data = p.data + scale * z * eps
 
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: the weights it rebinds must stay normal tensors
         perturb(1)
         plus = loss_fn()
         perturb(-2)
