@@ -80,9 +80,14 @@ def reference_mezo_step(params, loss_fn, seed: int, eps: float = 1e-3, lr: float
                 p.data = p.data - lr * grad * z
 
 
-def bench_shape(shape: str, batches: list[int], seq: int, steps: int, variants: list[str]) -> list[dict]:
-    recipe = load_recipe("profile/opt-1.3b", [f"model.config={shape}", "model.dtype=bf16", "model.device=cuda"])
+def bench_shape(shape: str, batches: list[int], seq: int, steps: int, variants: list[str], quantization: str = "none") -> list[dict]:
+    recipe = load_recipe(
+        "profile/opt-1.3b", [f"model.config={shape}", "model.dtype=bf16", "model.device=cuda", f"model.quantization={quantization}"]
+    )
     model, _, params = prepare_model(recipe, 0)
+    if quantization != "none":  # only functional low-rank deltas can train a quantized base
+        variants = [v for v in variants if VARIANTS[v][0] in ("lozo", "subzo", "tezo") and VARIANTS[v][2].get("path") != "inplace"]
+        shape = f"{shape} ({quantization} base)"
     device = next(model.parameters()).device
     weights = torch.cuda.memory_allocated(device)
     rows = []
@@ -99,11 +104,12 @@ def bench_shape(shape: str, batches: list[int], seq: int, steps: int, variants: 
         rows.append({"shape": shape, "batch": batch, "row": "forward", **base})
         pair = run_steps(lambda step: forward(step, 2), steps, device, weights, lambda: 0)
         rows.append({"shape": shape, "batch": batch, "row": "two forwards", **pair})
-        try:
-            ref = run_steps(lambda step: reference_mezo_step(params, loss_fn, step), steps, device, weights, lambda: 0)
-        except torch.OutOfMemoryError:
-            ref = {"oom": True}
-        rows.append({"shape": shape, "batch": batch, "row": "reference MeZO", **ref})
+        if quantization == "none":
+            try:
+                ref = run_steps(lambda step: reference_mezo_step(params, loss_fn, step), steps, device, weights, lambda: 0)
+            except torch.OutOfMemoryError:
+                ref = {"oom": True}
+            rows.append({"shape": shape, "batch": batch, "row": "reference MeZO", **ref})
         for label in variants:
             name, optimizer, keys = VARIANTS[label]
             cfg = METHOD_CONFIGS.get(name, "")(**keys)
@@ -167,6 +173,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--quantization", default="none", choices=["none", "int8", "nf4"], help="quantize the base (functional low-rank rows only)")
     parser.add_argument("--out", default="bench-out")
     parser.add_argument("--docs", default=None, help="a markdown file whose engine-benchmark section is replaced")
     args = parser.parse_args()
@@ -181,7 +188,7 @@ def main() -> None:
         sys.exit(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
     rows = []
     for shape in args.shapes.split(","):
-        rows += bench_shape(shape, batches, args.seq, args.steps, variants)
+        rows += bench_shape(shape, batches, args.seq, args.steps, variants, args.quantization)
     (out / "engine.json").write_text(json.dumps(rows, indent=1))
     command = "python benchmarks/engine.py " + " ".join(sys.argv[1:])
     text = markdown(rows, command)

@@ -31,6 +31,8 @@ def check_recipe(r: Recipe) -> list[str]:
         need(r.model.config is None and not name.startswith(TINY_PREFIX),
              "model.device_map: needs weights to place (model.name_or_path of a real model)")
     need(r.model.max_memory is None or r.model.device_map is not None, "model.max_memory: only with model.device_map: auto")
+    need(r.model.quantization == "none" or r.model.gguf_file is None,
+         "model.quantization: a GGUF model is dequantized on load; quantize a safetensors checkpoint instead")
     if r.model.config is not None:
         problem = shape_problem(r.model.config)
         need(problem is None, problem or "")

@@ -51,7 +51,17 @@ class MethodConfig:
             problems.append(
                 f"optim.name: {self.name} supports {', '.join(self.optimizers)}, not {recipe.optim.name}"
             )
+        if writes_quantized_weights(recipe) and not isinstance(self, LowRankConfig):
+            problems.append(
+                f"method.name: {self.name} perturbs every weight in place, which a {recipe.model.quantization} base "
+                "does not allow; train adapters (params.mode: lora, prefix or tt_adapter) or use lozo, subzo or tezo"
+            )
         return problems
+
+
+def writes_quantized_weights(recipe: "Recipe") -> bool:
+    """Full-parameter training over a quantized base: only a functional low-rank delta can do it."""
+    return recipe.model.quantization != "none" and recipe.params.mode == "full"
 
 
 @dataclass
@@ -84,7 +94,12 @@ class LowRankConfig(FixedQueries):
     )
 
     def check(self, recipe):
-        return super().check(recipe) + rank_problems(self.rank)
+        problems = super().check(recipe) + rank_problems(self.rank)
+        if writes_quantized_weights(recipe) and self.path == "inplace":
+            problems.append(f"method.path: a {recipe.model.quantization} base cannot be written in place; use functional or auto")
+        if writes_quantized_weights(recipe) and recipe.optim.weight_decay:
+            problems.append("optim.weight_decay: a delta over a quantized base takes no weight decay")
+        return problems
 
 
 def load_rank_file(path: str) -> dict:
@@ -181,4 +196,6 @@ class FirstOrderConfig:
     frozen_on_resume = ()
 
     def check(self, recipe):
+        if writes_quantized_weights(recipe):
+            return [f"method.name: fo cannot backpropagate into a {recipe.model.quantization} base's weights; use params.mode lora"]
         return []

@@ -33,6 +33,11 @@ class ModelConfig:
     trust_remote_code: bool = knob(False, "run model code from the hub; off unless asked for")
     device_map: Literal["auto"] | None = knob(None, "auto: one process spreads the model's layers over the visible GPUs (accelerate)")
     max_memory: list[str] | None = knob(None, "with device_map: memory budget per GPU in order, e.g. [20GiB, 20GiB]")
+    quantization: Literal["none", "int8", "nf4"] = knob(
+        "none",
+        "store the base's linear layers in int8 or 4-bit NormalFloat (bitsandbytes), frozen; train adapters "
+        "(params.mode) or, with lozo/subzo/tezo on the functional path, low-rank deltas over every matrix",
+    )
 
 
 @dataclass

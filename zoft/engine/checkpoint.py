@@ -40,10 +40,11 @@ def save(folder: Path, params, method_state: dict[str, torch.Tensor], state: dic
     tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file({name: p.detach().contiguous().cpu() for name, p in params}, tmp / TRAINABLE)
+    # a quantized base's weights never change (their deltas are method state): not written
+    save_file({name: p.detach().contiguous().cpu() for name, p in params if p.dtype.is_floating_point}, tmp / TRAINABLE)
     save_file({k: v.detach().contiguous().cpu() for k, v in method_state.items()}, tmp / METHOD_STATE)
     if deltas:
-        save_file({k: v.detach().contiguous().cpu() for k, v in deltas.items()}, tmp / DELTAS)
+        save_deltas(deltas, tmp / DELTAS)
     (tmp / STATE).write_text(json.dumps(state, indent=1))
     (tmp / DONE).write_text("complete\n")
     _fsync_tree(tmp)
@@ -56,6 +57,11 @@ def save(folder: Path, params, method_state: dict[str, torch.Tensor], state: dic
         tmp.rename(folder)
     _fsync_dir(folder.parent)
     return folder
+
+
+def save_deltas(deltas: dict[str, torch.Tensor], path: Path) -> None:
+    """{name.A, name.B}: the terms W_eff = W + A Bᵀ that the weights at `path`'s side lack."""
+    save_file({k: v.detach().contiguous().cpu() for k, v in deltas.items()}, path)
 
 
 def mark_latest(root: Path, folder: Path) -> None:
@@ -122,20 +128,31 @@ def prune(root: Path, keep_last: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_weights(folder: Path, params, with_deltas: bool = True) -> None:
+def load_weights(folder: Path, params, with_deltas: bool = True, model=None) -> None:
     """Copy a checkpoint's trained tensors into the live parameters, with its deltas written in
-    (`with_deltas`; a resumed method keeps them in factor space instead)."""
+    (`with_deltas`; a resumed method keeps them in factor space instead). A quantized weight
+    cannot take its delta: `model` then gets hooks that add it to the layer's output."""
     tensors = load_file(folder / TRAINABLE)
-    missing = [name for name, _ in params if name not in tensors]
+    missing = [name for name, p in params if name not in tensors and p.dtype.is_floating_point]
     if missing:
         raise KeyError(f"{folder}: no tensor for {missing[:3]}")
     deltas = load_file(folder / DELTAS) if with_deltas and (folder / DELTAS).is_file() else {}
+    over_quantized = {}
     with torch.no_grad():  # first-order runs train leaves that require grad
-        for name, p in params:
-            p.copy_(tensors[name])
-            if f"{name}.A" in deltas:
+        for index, (name, p) in enumerate(params):
+            if p.dtype.is_floating_point:
+                p.copy_(tensors[name])
+            if f"{name}.A" not in deltas:
+                continue
+            if p.dtype.is_floating_point:
                 a, b = (deltas[f"{name}.{part}"].to(p.device, p.dtype) for part in "AB")
                 p.view(p.shape[0], -1).addmm_(a, b.T)
+            else:
+                over_quantized[index] = tuple(deltas[f"{name}.{part}"].to(p.device) for part in "AB")
+    if over_quantized:
+        from zoft.methods.functional import attach_terms
+
+        attach_terms(model, params, over_quantized)
 
 
 def load(folder: Path, params, method) -> Loaded:

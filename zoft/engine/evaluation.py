@@ -28,7 +28,7 @@ def evaluate(recipe: Recipe, out_dir: Path, which: str, split: str, tasks: list[
         if heads not in loaded:
             loaded[heads] = prepare_model(recipe, recipe.run.seed, heads)
             if folder is not None:
-                checkpoint.load_weights(folder, loaded[heads][2])
+                checkpoint.load_weights(folder, loaded[heads][2], model=loaded[heads][0])
         session = build_session(task_recipe, with_method=False, prepared=loaded[heads])
         items = session.dev if split == "dev" else session.test
         result = session.objective.evaluate(session.model, session.tokenizer, items, recipe.eval.batch_size)

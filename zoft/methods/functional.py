@@ -112,6 +112,10 @@ class FunctionalPath:
     def clear_direction(self) -> None:
         self.set_direction({})
 
+    def changed(self) -> None:
+        """A_acc, B or the frozen terms changed: the hooks' factors are built again."""
+        self._cache.clear()
+
     # ---- hooks ---------------------------------------------------------------------------
     def _factors(self, index: int, dtype: torch.dtype):
         """(A, B, doubled) with the output's term (x B) Aᵀ; when `doubled`, A = [A_acc, εA] and
@@ -180,3 +184,10 @@ class FunctionalPath:
             for index in owned:
                 self.move(index, +2.0)
         return out
+
+
+def attach_terms(model: nn.Module, params, terms: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> FunctionalPath:
+    """Hooks adding fixed terms A Bᵀ to matrices that cannot hold them (a quantized base), for evaluation."""
+    path = FunctionalPath(model, params, set(terms))
+    path.frozen = {index: [ab] for index, ab in terms.items()}
+    return path

@@ -19,6 +19,7 @@ from zoft.config.methods import load_rank_file
 from zoft.errors import ZoftError
 from zoft.methods.base import StepResult, ZOMethod, matrix
 from zoft.methods.functional import FunctionalPath, Unsupported
+from zoft.models.quantize import is_quantized, logical_shape
 
 PAIRED_MAX_EXAMPLES = 8  # paired_forward=auto doubles batches of at most this many examples
 
@@ -29,7 +30,7 @@ class LowRankMethod(ZOMethod):
         per_layer = load_rank_file(self.cfg.rank) if isinstance(self.cfg.rank, str) else {}
         default = per_layer.get("default", self.cfg.rank)
         self.ranks = {  # `method.rank` (or the rank file's entry), capped by the layer's dimensions
-            index: min(int(per_layer.get(name, default)), *matrix(p).shape)
+            index: min(int(per_layer.get(name, default)), *self.like(index).shape)
             for index, (name, p) in enumerate(self.params)
             if not self.is_dense(p)
         }
@@ -38,7 +39,7 @@ class LowRankMethod(ZOMethod):
         self.acc_period = torch.zeros((), dtype=torch.long)  # the basis period A_acc is expressed in
         if self.functional is not None:
             for index in sorted(self.functional.hooked):
-                w = matrix(self.params[index][1])
+                w = self.like(index)
                 acc = torch.zeros(w.shape[0], self.rank(index), dtype=torch.float32, device=w.device)
                 self.functional.set_basis(index, self.basis_of(index, w, 0), acc)
 
@@ -63,6 +64,15 @@ class LowRankMethod(ZOMethod):
     def is_dense(self, p: torch.Tensor) -> bool:
         return p.ndim < 2
 
+    def like(self, index: int) -> torch.Tensor:
+        """The 2-D view of parameter `index`; for a quantized weight a stand-in (no memory) with the
+        shape of the matrix it stands for and the model's compute dtype, for drawing its factors."""
+        p = self.params[index][1]
+        if not is_quantized(p):
+            return matrix(p)
+        dtype = next((q.dtype for _, q in self.params if q.dtype.is_floating_point), torch.float32)
+        return torch.empty((), dtype=dtype, device=p.device).expand(*logical_shape(p))
+
     def rank(self, index: int) -> int:
         return self.ranks[index]
 
@@ -73,6 +83,9 @@ class LowRankMethod(ZOMethod):
     def _choose_path(self) -> FunctionalPath | None:
         """The functional path when `method.path` asks for it, or (auto) on a GPU where it applies."""
         choice, model = self.cfg.path, self.model
+        quantized = any(is_quantized(self.params[i][1]) for i in self.ranks)
+        if quantized and (choice == "inplace" or model is None):
+            raise ZoftError("method.path: a quantized base cannot be written in place; use method.path=functional (or auto)")
         if choice == "inplace" or model is None:
             if choice == "functional":
                 raise ZoftError("method.path: functional needs the model (not available here)")
@@ -88,7 +101,7 @@ class LowRankMethod(ZOMethod):
                 raise ZoftError(why)
             return None
         on_gpu = bool(self.params) and self.params[0][1].device.type == "cuda"
-        if choice == "auto" and not on_gpu:
+        if choice == "auto" and not (on_gpu or quantized):
             path.close()
             return None
         if self.cfg.paired_forward == "always" and (reason := path.doubled_supported()) is not None:
@@ -130,7 +143,7 @@ class LowRankMethod(ZOMethod):
             if self.is_dense(p):
                 self.update_dense(index, name, p, step, grads, lr)
                 continue
-            w = matrix(p)
+            w = self.like(index)
             a = self.update_factors(index, name, w, step, grads, lr)
             if self.hooked(index):
                 self.functional.acc[index].add_(a.float())
@@ -138,6 +151,8 @@ class LowRankMethod(ZOMethod):
             else:
                 self.decay(p, lr)
                 w.addmm_(a.to(w.dtype), self.basis_of(index, w, self.period(step)).T)
+        if self.functional is not None:
+            self.functional.changed()
 
     # ---- the functional path -------------------------------------------------------------
     def _estimate(self, loss_fn, step, queries, keep_last):
@@ -211,7 +226,7 @@ class LowRankMethod(ZOMethod):
         """ε·A of every matrix for one query (A in fp32; B is the period's basis on the hooks)."""
         out = {}
         for index in self.functional.hooked:
-            a, _ = self.factors(index, matrix(self.params[index][1]), step, query)
+            a, _ = self.factors(index, self.like(index), step, query)
             out[index] = self.cfg.eps * a.float()
         return out
 
@@ -231,8 +246,9 @@ class LowRankMethod(ZOMethod):
             return
         self.merge()
         for index in sorted(self.functional.hooked):
-            self.functional.basis[index] = self.basis_of(index, matrix(self.params[index][1]), period)
+            self.functional.basis[index] = self.basis_of(index, self.like(index), period)
         self.acc_period.fill_(period)
+        self.functional.changed()
 
     def merge(self) -> None:
         """W += A_acc Bᵀ for every matrix, then A_acc = 0 (the model no longer needs the hooks' terms)."""
@@ -247,6 +263,7 @@ class LowRankMethod(ZOMethod):
                 self.functional.frozen.setdefault(index, []).append((acc.clone(), basis))
             acc.zero_()
         self.functional.live.clear()
+        self.functional.changed()
 
     def close(self) -> None:
         if self.functional is not None:
@@ -272,12 +289,22 @@ class LowRankMethod(ZOMethod):
         if self.functional is not None:
             state |= {f"acc.{self.params[i][0]}": self.functional.acc[i] for i in sorted(self.functional.hooked)}
             state["acc.period"] = self.acc_period
+            for index, terms in self.functional.frozen.items():  # merged-out terms of a quantized W
+                name = self.params[index][0]
+                state[f"frozen.A.{name}"] = torch.cat([a for a, _ in terms], 1)
+                state[f"frozen.B.{name}"] = torch.cat([b for _, b in terms], 1)
         return state
 
     def load_state_dict(self, state):
+        if self.functional is not None:
+            self.functional.frozen = {
+                index: [(state[f"frozen.A.{name}"].to(p.device), state[f"frozen.B.{name}"].to(p.device))]
+                for index, (name, p) in enumerate(self.params)
+                if f"frozen.A.{name}" in state
+            }
         super().load_state_dict(state)
         if self.functional is not None:  # the basis of the loaded accumulators' period
             self.functional.live.update(self.functional.hooked)
             for index in sorted(self.functional.hooked):
-                w = matrix(self.params[index][1])
-                self.functional.basis[index] = self.basis_of(index, w, int(self.acc_period))
+                self.functional.basis[index] = self.basis_of(index, self.like(index), int(self.acc_period))
+            self.functional.changed()

@@ -6,6 +6,7 @@ import torch
 
 from zoft.config.schema import ModelConfig
 from zoft.errors import ZoftError
+from zoft.models.quantize import bnb_config, quantize_linears
 from zoft.models.source import local_dir
 from zoft.models.tiny import TINY_PREFIX, build_tiny
 
@@ -26,18 +27,21 @@ def load_model(cfg: ModelConfig, seed: int, num_labels: int = 0):
     `num_labels` > 0 asks for a sequence-classification head (encoder tasks) instead of an LM.
     """
     device = pick_device(cfg.device)
+    built = cfg.config is not None or cfg.name_or_path.startswith(TINY_PREFIX)  # not read from a checkpoint
     if cfg.config is not None:
         model, tokenizer = random_model(cfg, seed, num_labels, device)
-    elif cfg.name_or_path.startswith(TINY_PREFIX):
+    elif built:
         model, tokenizer = build_tiny(cfg.name_or_path, seed, num_labels)
         model = model.to(DTYPES[cfg.dtype])
     else:
-        model, tokenizer = _from_pretrained(cfg, seed, num_labels)
+        model, tokenizer = _from_pretrained(cfg, seed, num_labels, device)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.requires_grad_(False)
-    if cfg.device_map is None:
+    if cfg.device_map is None and (built or cfg.quantization == "none"):  # bitsandbytes placed a loaded one
         model = model.to(device)
+    if built and cfg.quantization != "none":
+        model = quantize_linears(model, cfg.quantization, DTYPES[cfg.dtype], device)
     return model.eval(), tokenizer
 
 
@@ -59,7 +63,7 @@ def random_model(cfg: ModelConfig, seed: int, num_labels: int, device: torch.dev
     return model, tiny_tokenizer()
 
 
-def _from_pretrained(cfg: ModelConfig, seed: int, num_labels: int):
+def _from_pretrained(cfg: ModelConfig, seed: int, num_labels: int, device: torch.device):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     folder = local_dir(cfg.name_or_path)
@@ -72,6 +76,9 @@ def _from_pretrained(cfg: ModelConfig, seed: int, num_labels: int):
         weights["device_map"] = cfg.device_map
         if cfg.max_memory:
             weights["max_memory"] = dict(enumerate(cfg.max_memory))
+    if cfg.quantization != "none":
+        weights["quantization_config"] = bnb_config(cfg.quantization, DTYPES[cfg.dtype])
+        weights.setdefault("device_map", {"": str(device)})
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         if num_labels:
