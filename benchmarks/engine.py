@@ -82,7 +82,8 @@ def reference_mezo_step(params, loss_fn, seed: int, eps: float = 1e-3, lr: float
 
 def bench_shape(shape: str, batches: list[int], seq: int, steps: int, variants: list[str], quantization: str = "none") -> list[dict]:
     recipe = load_recipe(
-        "profile/opt-1.3b", [f"model.config={shape}", "model.dtype=bf16", "model.device=cuda", f"model.quantization={quantization}"]
+        "profile/opt-1.3b",
+        [f"model.config={shape}", "model.dtype=bf16", "model.device=cuda", f"model.quantization={quantization}", "method.name=tezo"],
     )
     model, _, params = prepare_model(recipe, 0)
     if quantization != "none":  # only functional low-rank deltas can train a quantized base

@@ -42,6 +42,8 @@ def load_model(cfg: ModelConfig, seed: int, num_labels: int = 0):
         model = model.to(device)
     if built and cfg.quantization != "none":
         model = quantize_linears(model, cfg.quantization, DTYPES[cfg.dtype], device)
+        if device.type == "cuda":  # the model was built whole in model.dtype first: not the run's peak
+            torch.cuda.reset_peak_memory_stats(device)
     return model.eval(), tokenizer
 
 
