@@ -31,11 +31,16 @@ def quantized(tiny):
 
 
 @pytest.mark.parametrize("kind", ["nf4", "int8"])
-@pytest.mark.parametrize("method", [{"name": "tezo", "rank": 2}, {"name": "lozo", "rank": 2, "lazy_interval": 3}])
-def test_a_low_rank_delta_trains_over_a_quantized_base_that_never_changes(tiny, kind, method):
+@pytest.mark.parametrize("method, optim", [
+    ({"name": "tezo", "rank": 2}, "sgd"),
+    ({"name": "lozo", "rank": 2, "lazy_interval": 3}, "sgd"),
+    ({"name": "lozo", "rank": 2, "lazy_interval": 3}, "momentum"),
+    ({"name": "tezo", "rank": 2}, "adam"),
+])
+def test_a_low_rank_delta_trains_over_a_quantized_base_that_never_changes(tiny, kind, method, optim):
     recipe = copy.deepcopy(tiny)
     recipe["model"] = {**MODEL, "quantization": kind}
-    recipe["method"], recipe["optim"] = method, {"lr": 2e-3}
+    recipe["method"], recipe["optim"] = method, {"name": optim, "lr": 2e-3 if optim != "adam" else 1e-3}
     recipe["data"] = {"task": "toy_sentiment", "num_train": 8, "num_dev": 0, "num_eval": 1}
     recipe["train"] = {"batch_size": 8, "max_steps": 40}
     session = build_session(recipe_from_dict(recipe))
@@ -47,7 +52,7 @@ def test_a_low_rank_delta_trains_over_a_quantized_base_that_never_changes(tiny, 
     packed = {n: p.clone() for n, p in session.params if not p.dtype.is_floating_point}
     assert packed
     for step in range(40):
-        session.method.step(loss_fn, step, 2e-3)
+        session.method.step(loss_fn, step, session.method.optim.lr)
     with torch.no_grad():
         after = float(loss_fn())
     assert after < before - 0.05, (before, after)

@@ -24,7 +24,8 @@ class LOZO(LowRankMethod):
         if self.optim.name == "momentum":
             for index, (name, p) in enumerate(self.params):
                 if not self.is_dense(p):
-                    self.momentum[f"N.{name}"] = torch.zeros(p.shape[0], self.rank(index), dtype=p.dtype, device=p.device)
+                    w = self.like(index)  # the logical matrix, also of a quantized weight
+                    self.momentum[f"N.{name}"] = torch.zeros(w.shape[0], self.rank(index), dtype=w.dtype, device=w.device)
 
     def v(self, index: int, w: torch.Tensor, k: int) -> torch.Tensor:
         return gaussian((w.shape[1], self.rank(index)), w, self.seed, k, index, BASIS)
