@@ -16,7 +16,13 @@ import torch
 
 from zoft.engine.rng import gaussian, stream_seed
 
+# Measured on the H100 (benchmarks/noise_kernel.py): one pass over 2.1e9 bf16 elements takes 6.10 ms
+# with 10 Philox rounds, 4096-element blocks and 4 warps, 4.62 ms with 7 rounds and 8 warps, against
+# 2.89 ms for a pure read-write. Philox4x32-7 passes BigCrush (Salmon et al., 2011); 10 is
+# cuRAND's safety margin, which ZO directions do not need.
 BLOCK = 4096  # elements per program: 1024 Philox counters, four normals each
+ROUNDS = 7
+WARPS = 8
 
 
 def resolve(choice: str, device: torch.device) -> str:
@@ -52,7 +58,7 @@ def gaussian_like(p: torch.Tensor, keys: tuple[int, ...], backend: str) -> torch
 def _launch(p: torch.Tensor, alpha: float, seed: int) -> None:
     import triton
 
-    _kernel()[(triton.cdiv(p.numel(), BLOCK),)](p, p.numel(), seed, alpha, BLOCK=BLOCK)
+    _kernel()[(triton.cdiv(p.numel(), BLOCK),)](p, p.numel(), seed, alpha, BLOCK=BLOCK, ROUNDS=ROUNDS, num_warps=WARPS)
 
 
 @functools.cache

@@ -21,8 +21,15 @@ def stream_seed(*keys: int) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
+_GENERATORS: dict[torch.device, torch.Generator] = {}
+
+
 def generator(device: torch.device, *keys: int) -> torch.Generator:
-    gen = torch.Generator(device=device)
+    """The generator of `device`, reseeded for `keys` (the same stream as a new one: reseeding
+    resets its state; reusing it saves creating one per tensor and pass)."""
+    gen = _GENERATORS.get(device)
+    if gen is None:
+        gen = _GENERATORS[device] = torch.Generator(device=device)
     gen.manual_seed(stream_seed(*keys))
     return gen
 

@@ -40,6 +40,8 @@ class LOZO(LowRankMethod):
         return self.v(index, w, period)
 
     def factors(self, index, w, step, query):
+        if self.hooked(index):  # the hooks hold this period's V already
+            return self.u(index, w, step, query), self.functional.basis[index]
         return self.u(index, w, step, query), self.v(index, w, self.period(step))
 
     def update_factors(self, index, name, w, step, grads, lr):

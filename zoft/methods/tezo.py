@@ -17,6 +17,7 @@ from zoft.methods.lowrank import LowRankMethod
 @METHODS.register("tezo")
 class TeZO(LowRankMethod):
     def __init__(self, *args, **kwargs):
+        self._bases: dict[int, tuple[int, torch.Tensor, torch.Tensor]] = {}  # functional path only
         super().__init__(*args, **kwargs)
         self.factor_moments: dict[str, torch.Tensor] = {}
         for index, (name, p) in enumerate(self.params):
@@ -29,9 +30,15 @@ class TeZO(LowRankMethod):
         return step // self.cfg.refresh_interval if self.cfg.refresh_interval else 0
 
     def basis(self, index: int, w: torch.Tensor, period: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """U and V, regenerated from their seed at each use: nothing m- or n-sized is kept."""
+        """U and V, regenerated from their seed at each use in place: nothing m- or n-sized is kept.
+        The functional path, which keeps V on its hooks anyway, keeps U too (drawn once a period)."""
+        cached = self._bases.get(index)
+        if cached is not None and cached[0] == period:
+            return cached[1], cached[2]
         u = gaussian((w.shape[0], self.rank(index)), w, self.seed, period, index, BASIS, 0)
         v = gaussian((w.shape[1], self.rank(index)), w, self.seed, period, index, BASIS, 1)
+        if getattr(self, "functional", None) is not None:
+            self._bases[index] = (period, u, v)
         return u, v
 
     def basis_of(self, index, w, period):
