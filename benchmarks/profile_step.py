@@ -1,0 +1,51 @@
+"""Where a method's step spends its time: a torch.profiler summary of a few steps on a model shape.
+
+Usage (on a CUDA machine): python benchmarks/profile_step.py --shape llama-7b --method tezo --batch 16
+Prints the top operators by CUDA time and by CPU time, and the step's wall time beside the GPU's
+busy time (a gap means the GPU waited for Python).
+"""
+
+import argparse
+import time
+
+import torch
+
+from zoft.config.loader import load_recipe
+from zoft.engine.objective import BatchLoss
+from zoft.engine.profiling import method_for, synthetic_batch
+from zoft.engine.trainer import prepare_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shape", default="llama-7b")
+    parser.add_argument("--method", default="tezo", help="a profile-memory variant: mezo, lozo, tezo-adam, ...")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--set", nargs="*", default=[], help="extra recipe overrides, e.g. method.path=inplace")
+    args = parser.parse_args()
+    recipe = load_recipe("profile/opt-1.3b", [f"model.config={args.shape}", "model.dtype=bf16", "model.device=cuda", *args.set])
+    model, _, params = prepare_model(recipe, 0)
+    device = next(model.parameters()).device
+    objective, data = synthetic_batch(model.config.vocab_size, args.batch, args.seq, device)
+    loss_fn = BatchLoss(objective, model, data)
+    method = method_for(recipe, args.method, params, 0, model)
+    method.step(loss_fn, 0, 1e-9)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
+        began = time.perf_counter()
+        for step in range(1, args.steps + 1):
+            method.step(loss_fn, step, 1e-9)
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - began) / args.steps * 1000
+    events = prof.key_averages()
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]  # not the ops launching them
+    gpu = sum(e.self_device_time_total for e in kernels) / args.steps / 1000
+    print(f"{args.shape} {args.method} batch {args.batch}: {wall:.1f} ms a step, GPU busy {gpu:.1f} ms")
+    print(events.table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=50))
+    print(events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50))
+
+
+if __name__ == "__main__":
+    main()
