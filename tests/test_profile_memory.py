@@ -75,3 +75,40 @@ def test_the_command_writes_a_table_json_and_png_without_a_gpu(tmp_path, tiny):
     if not torch.cuda.is_available():
         no_gpu = runner.invoke(app, ["profile-memory", str(path), "--methods", "mezo"])
         assert no_gpu.exit_code == 2 and "--estimate-only" in no_gpu.output
+
+
+@pytest.mark.parametrize("variant", ["lozo", "lozo-m", "subzo", "tezo", "tezo-adam"])
+def test_the_functional_paths_extra_state_is_estimated_exactly(tiny, variant):
+    """Bases kept on the hooks (and TeZO's U, SubZO's P) and the fp32 factor accumulators."""
+    from zoft.engine.objective import BatchLoss
+
+    name, optimizer = VARIANTS[variant]
+    tiny["model"] = {"name_or_path": "tiny:llama-32x2"}
+    tiny["method"] = {"name": name, "path": "functional"}
+    recipe = recipe_from_dict(tiny)
+    model, _ = load_model(recipe.model, 0)
+    params = list(model.named_parameters())
+    method = method_for(recipe, variant, params, 0, model)
+    objective, batch = synthetic_batch(model.config.vocab_size, 2, 8, torch.device("cpu"))
+    method.step(BatchLoss(objective, model, batch), 0, 1e-6)
+    kept = {id(t): t for t in [*method.functional.basis.values(), *method.functional.acc.values()]}
+    if name == "tezo":
+        kept |= {id(u): u for _, u, _ in method._bases.values()}
+    if name == "subzo":
+        kept |= {id(t): t for _, p, q in method.subspaces.values() for t in (p, q)}
+    est = estimate(shape_of(model, 2, 8), name, optimizer, rank=method.cfg.rank, functional=True)
+    assert est.method_state == sum(t.numel() * t.element_size() for t in kept.values())
+
+
+def test_quantized_linear_layers_are_estimated_at_their_packed_size(shaped):
+    meta = meta_model(shaped.model)
+    full, nf4 = shape_of(meta, 4, 32), shape_of(meta, 4, 32, quantization="nf4")
+    linear = sum(m.weight.numel() for m in meta.modules() if type(m) is torch.nn.Linear and m is not meta.get_output_embeddings())
+    saved = forward_estimate_weights(full) - forward_estimate_weights(nf4)
+    assert saved == pytest.approx(linear * (4 - 0.5625))  # fp32 → 4 bits + an fp32 absmax per 64
+
+
+def forward_estimate_weights(shape):
+    from zoft.engine.memory import forward_estimate
+
+    return forward_estimate(shape).weights

@@ -68,14 +68,26 @@ class Shape:
     frozen: float = 0.0  # bytes of the weights that are not trained (the base model under LoRA)
 
 
-def shape_of(model, batch: int, seq: int, trained=None) -> Shape:
-    """Read a Shape from a (meta, or real) model, the tensors it trains (default: all) and the batch."""
+# bytes per weight of a quantized linear layer: nf4 packs two per byte plus an fp32 absmax per
+# 64-element block; int8 is one byte plus an fp32 scale per row (negligible)
+QUANTIZED_BYTES = {"nf4": 0.5 + 4 / 64, "int8": 1.0}
+
+
+def shape_of(model, batch: int, seq: int, trained=None, quantization: str = "none") -> Shape:
+    """Read a Shape from a (meta, or real) model, the tensors it trains (default: all) and the batch;
+    with `quantization`, the linear layers that bitsandbytes would store (all but the head) count
+    at their packed size."""
     c = model.config
     ffn = getattr(c, "intermediate_size", None) or getattr(c, "ffn_dim", None) or 4 * c.hidden_size
     trained = [p for _, p in trained] if trained is not None else list(model.parameters())
     ids = {id(p) for p in trained}
-    params = tuple((tuple(p.shape), p.element_size()) for p in trained)
-    frozen = float(sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in ids))
+    packed = set()
+    if quantization != "none":
+        head = model.get_output_embeddings()
+        packed = {id(m.weight) for m in model.modules() if type(m) is torch.nn.Linear and m is not head}
+    size = lambda p: QUANTIZED_BYTES[quantization] if id(p) in packed else p.element_size()  # noqa: E731
+    params = tuple((tuple(p.shape), size(p)) for p in trained)
+    frozen = float(sum(p.numel() * size(p) for p in model.parameters() if id(p) not in ids))
     dtype = next(model.parameters()).dtype
     return Shape(params, c.hidden_size, ffn, c.num_hidden_layers, c.vocab_size,
                  hasattr(c, "intermediate_size"), torch.finfo(dtype).bits // 8, batch * seq, frozen)
@@ -103,8 +115,10 @@ def forward_estimate(s: Shape) -> Split:
     return Split(s.frozen + sum(int(torch.Size(shape).numel()) * b for shape, b in s.params), 0.0, 0.0, forward_activations(s))
 
 
-def estimate(s: Shape, method: str, optimizer: str, rank: int = 2) -> Split:
-    """The memory split of one step of `method` with `optimizer`, from shapes alone (SPEC.md's state)."""
+def estimate(s: Shape, method: str, optimizer: str, rank: int = 2, functional: bool = False) -> Split:
+    """The memory split of one step of `method` with `optimizer`, from shapes alone (SPEC.md's state);
+    `functional`: a low-rank method on the functional path (engine.md), which also keeps each
+    matrix's basis B (n×r), TeZO's U (m×r) and the update accumulated in factor space (m×r, fp32)."""
     matrices = [(shape, b) for shape, b in s.params if len(shape) >= 2]
     vectors = [(shape, b) for shape, b in s.params if len(shape) < 2]
     numel = lambda shape: int(torch.Size(shape).numel())  # noqa: E731
@@ -130,6 +144,10 @@ def estimate(s: Shape, method: str, optimizer: str, rank: int = 2) -> Split:
         if method == "tezo":  # r (momentum) or 2r (adam) fp32 numbers per layer
             optimizer_state = moments * 4 * sum(r(shape) for shape, _ in matrices)
         optimizer_state += dense_moments  # 1-D tensors: dense moments
+        if functional:
+            basis = (lambda shape: numel(shape) // shape[0]) if method != "tezo" else (lambda shape: shape[0] + numel(shape) // shape[0])
+            kept = 0 if method == "subzo" else sum(basis(shape) * r(shape) * s.act_bytes for shape, _ in matrices)
+            method_state += kept + sum(shape[0] * r(shape) * 4 for shape, _ in matrices)
     activations = max(forward_activations(s), transient)
     return Split(weights, method_state, optimizer_state, activations)
 

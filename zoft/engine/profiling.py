@@ -47,14 +47,17 @@ def estimates(recipe: Recipe, variants: list[str], batch: int, seq: int) -> dict
     """The analytic split of each variant (and of the forward pass, as "forward"), no GPU needed."""
     model = meta_model(recipe.model) if recipe.model.config else _loaded_shape_model(recipe)
     model, trained = trainable(model, recipe.params, recipe.run.seed)
-    shape = shape_of(model, batch, seq, trained)
+    shape = shape_of(model, batch, seq, trained, recipe.model.quantization)
     out = {"forward": forward_estimate(shape)}
     for variant in variants:
         name, optimizer = VARIANTS[variant]
-        rank = getattr(method_config(recipe, name), "rank", 2)
+        cfg = method_config(recipe, name)
+        rank = getattr(cfg, "rank", 2)
         if isinstance(rank, str):  # a rank file: its default rank stands for every layer
             rank = load_rank_file(rank)["default"]
-        out[variant] = estimate(shape, name, optimizer, rank)
+        # the path the measurement will take: auto is functional on a GPU or over a quantized base
+        functional = getattr(cfg, "path", "inplace") != "inplace"
+        out[variant] = estimate(shape, name, optimizer, rank, functional)
     return out
 
 
