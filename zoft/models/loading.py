@@ -43,6 +43,7 @@ def load_model(cfg: ModelConfig, seed: int, num_labels: int = 0):
     if built and cfg.quantization != "none":
         model = quantize_linears(model, cfg.quantization, DTYPES[cfg.dtype], device)
         if device.type == "cuda":  # the model was built whole in model.dtype first: not the run's peak
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
     return model.eval(), tokenizer
 
