@@ -55,6 +55,8 @@ def step_line(record: dict, total: int, rate: float | None) -> str:
         f"g {_fmt(record['proj_grad'])}",
         f"lr {record['lr']:.2e}",
     ]
+    if record.get("queries", 1) != 1:  # AdaZeta's schedule, or n_queries
+        parts.append(f"queries {record['queries']}")
     if rate:
         parts.append(f"{rate:.2f} it/s")
     parts.append(f"mem {record['mem_gib']:.2f} GiB")
@@ -146,7 +148,8 @@ class RichReporter(PlainReporter):
 
     def step(self, record: dict) -> None:
         rate = self._rate(record["step"])
-        info = f"loss {record['loss']:.4f}  mem {record['mem_gib']:.2f} GiB"
+        queries = f"  queries {record['queries']}" if record.get("queries", 1) != 1 else ""
+        info = f"loss {record['loss']:.4f}{queries}  mem {record['mem_gib']:.2f} GiB"
         self.progress.update(self.task, completed=record["step"], rate=f"{rate:.1f} it/s" if rate else "", info=info)
 
     def finish(self, summary: dict) -> None:
