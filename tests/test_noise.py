@@ -58,8 +58,10 @@ def test_mezo_on_the_kernel_estimates_the_gradient_as_the_torch_path_does():
 def test_the_fused_restore_and_update_equals_restoring_then_updating(noise, dtype):
     """`step` folds the last restore into the update's pass: the same step up to one rounding."""
     fused_params, plain_params = fresh_params(dtype), fresh_params(dtype)
-    fused = make("mezo", fused_params, eps=1e-3, noise=noise, n_queries=2)
-    plain = make("mezo", plain_params, eps=1e-3, noise=noise, n_queries=2, restore="copy")
+    # bf16: one query, since a second would see the first's restore drift (an ulp) through 1/2ε
+    queries = 2 if dtype == torch.float32 else 1
+    fused = make("mezo", fused_params, eps=1e-3, noise=noise, n_queries=queries)
+    plain = make("mezo", plain_params, eps=1e-3, noise=noise, n_queries=queries, restore="copy")
     a = fused.step(quadratic(fused_params)[0], 0, 1e-2)
     b = plain.step(quadratic(plain_params)[0], 0, 1e-2)
     assert a.grads[0] == b.grads[0]  # the same perturbations were evaluated (then restores differ)

@@ -18,6 +18,7 @@ from zoft.registry import Registry
 Named = list[tuple[str, torch.Tensor]]
 LossFn = Callable[[], torch.Tensor]  # the loss of the current batch at the current weights
 Pending = tuple[int, float] | None  # (query, scale): a perturbation left on the weights
+SMALL = 1 << 16  # elements: dense tensors up to this size are moved as one group (ZOMethod.grouped)
 
 
 @dataclass
@@ -111,6 +112,7 @@ class ZOMethod(Method):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.moments = DenseMoments(self.optim, [(n, p) for n, p in self.params if self.is_dense(p)])
+        self._group_cache: dict[tuple[int, int], list[torch.Tensor]] = {}  # (step, query): z of the small tensors
         device = self.params[0][1].device if self.params else torch.device("cpu")
         self.noise = noise.resolve(self.cfg.noise, device)
         if self.noise == "triton" and not noise.available():
@@ -146,6 +148,42 @@ class ZOMethod(Method):
 
     def perturb_dense(self, index: int, p: torch.Tensor, step: int, query: int, scale: float) -> None:
         self.add_dense(index, p, step, query, scale * self.cfg.eps)
+
+    def grouped(self, p: torch.Tensor) -> bool:
+        """Small dense tensors (biases, norms, adapters' cores) move together: their z are drawn once
+        a query and added by one multi-tensor kernel a pass, instead of a launch per tensor and pass."""
+        return self.is_dense(p) and p.numel() <= SMALL
+
+    def group(self) -> list[tuple[int, torch.Tensor]]:
+        return [(i, p) for i, (_, p) in enumerate(self.params) if self.grouped(p)]
+
+    def group_directions(self, step: int, query: int) -> list[torch.Tensor]:
+        """The z of every grouped tensor at (step, query), kept for the rest of the step."""
+        if (step, query) not in self._group_cache:
+            if any(key[0] != step for key in self._group_cache):
+                self._group_cache.clear()
+            self._group_cache[(step, query)] = [self.dense(i, p, step, query) for i, p in self.group()]
+        return self._group_cache[(step, query)]
+
+    def perturb_group(self, step: int, query: int, scale: float) -> None:
+        tensors = [p for _, p in self.group()]
+        if tensors:
+            torch._foreach_add_(tensors, self.group_directions(step, query), alpha=scale * self.cfg.eps)
+
+    def update_group(self, step: int, grads: Sequence[float], lr: float, undo: Pending = None) -> None:
+        """update_dense for every grouped tensor: with SGD one foreach kernel per query."""
+        if self.optim.name != "sgd" or self.optim.weight_decay:  # moments, or decay of small matrices
+            if undo is not None:
+                self.perturb_group(step, undo[0], -undo[1])
+            for index, p in self.group():
+                self.update_dense(index, self.params[index][0], p, step, grads, lr)
+            return
+        tensors = [p for _, p in self.group()]
+        if not tensors:
+            return
+        for query, g in enumerate(grads):
+            restore = -undo[1] * self.cfg.eps if undo is not None and undo[0] == query else 0.0
+            torch._foreach_add_(tensors, self.group_directions(step, query), alpha=restore - lr * g / len(grads))
 
     def update_dense(
         self, index: int, name: str, p: torch.Tensor, step: int, grads: Sequence[float], lr: float, undo: Pending = None

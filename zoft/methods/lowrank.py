@@ -34,7 +34,6 @@ class LowRankMethod(ZOMethod):
             for index, (name, p) in enumerate(self.params)
             if not self.is_dense(p)
         }
-        self._vector_cache: tuple = (None, [], [])
         self.functional = self._choose_path()
         self.acc_period = torch.zeros((), dtype=torch.long)  # the basis period A_acc is expressed in
         if self.functional is not None:
@@ -114,21 +113,11 @@ class LowRankMethod(ZOMethod):
         return self.functional is not None and index in self.functional.hooked
 
     def perturb(self, step: int, query: int, scale: float) -> None:
-        """Every tensor not on the functional path's hooks: W += scale·ε·Z in place; the vectors'
-        z are drawn once per query and added by one multi-tensor kernel per pass."""
-        vectors, zs = self.vector_directions(step, query)
-        if vectors:
-            torch._foreach_add_(vectors, zs, alpha=scale * self.cfg.eps)
+        """Every tensor not on the functional path's hooks: W += scale·ε·Z in place."""
+        self.perturb_group(step, query, scale)
         for index, (_, p) in enumerate(self.params):
-            if not self.is_dense(p) and not self.hooked(index):
+            if not self.grouped(p) and not self.hooked(index):
                 self.move(index, step, query, scale)
-
-    def vector_directions(self, step: int, query: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The 1-D tensors and their z at (step, query), kept until the next query (a few MB at most)."""
-        if self._vector_cache[0] != (step, query):
-            vectors = [(i, p) for i, (_, p) in enumerate(self.params) if self.is_dense(p)]
-            self._vector_cache = ((step, query), [p for _, p in vectors], [self.dense(i, p, step, query) for i, p in vectors])
-        return self._vector_cache[1], self._vector_cache[2]
 
     def move(self, index: int, step: int, query: int, scale: float) -> None:
         p = self.params[index][1]
@@ -139,7 +128,10 @@ class LowRankMethod(ZOMethod):
             matrix(p).addmm_(a, b.T, alpha=scale * self.cfg.eps)
 
     def update(self, step: int, grads: Sequence[float], lr: float) -> None:
+        self.update_group(step, grads, lr)
         for index, (name, p) in enumerate(self.params):
+            if self.grouped(p):
+                continue
             if self.is_dense(p):
                 self.update_dense(index, name, p, step, grads, lr)
                 continue
