@@ -63,6 +63,13 @@ def check_recipe(r: Recipe) -> list[str]:
     if r.params.mode == "lora":
         need(r.params.lora_r >= 1, "params.lora_r: must be >= 1")
         need(bool(r.params.lora_targets), "params.lora_targets: name at least one module")
+    if r.params.mode == "prefix":
+        need(r.params.prefix_tokens >= 1, "params.prefix_tokens: must be >= 1")
+        need(r.data.task not in TASKS or TASKS.get(r.data.task, "data.task").kind != "encoder",
+             f"params.mode: prefix needs a causal LM; task {r.data.task} trains a classification head (use full, lora or tt_adapter)")
+    if r.params.mode == "tt_adapter":
+        need(r.params.adapter_dim >= 1, "params.adapter_dim: must be >= 1")
+        need(r.params.tt_rank >= 1, "params.tt_rank: must be >= 1")
     need(r.optim.lr >= 0, "optim.lr: must be >= 0")
     need(r.optim.weight_decay >= 0, "optim.weight_decay: must be >= 0")
     need(r.optim.adam_eps > 0, "optim.adam_eps: must be > 0")

@@ -42,10 +42,17 @@ class ModelConfig:
 
 @dataclass
 class ParamsConfig:
-    mode: Literal["full", "lora"] = knob("full", "which parameters are trained: full = every weight; lora = LoRA adapters (peft)")
+    mode: Literal["full", "lora", "prefix", "tt_adapter"] = knob(
+        "full",
+        "which parameters are trained: full = every weight; lora = LoRA adapters (peft); prefix = key/value "
+        "prefixes (peft, MeZO); tt_adapter = tensor-train bottleneck adapters (AdaZeta)",
+    )
     lora_r: int = knob(8, "LoRA rank (MeZO: 8)")
     lora_alpha: float = knob(16.0, "LoRA scaling numerator: the update is (alpha / r)·B·A (MeZO: 16)")
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"], metadata={"help": "module names that get adapters (MeZO: q_proj, v_proj)", "required": False})
+    prefix_tokens: int = knob(5, "prefix: key/value rows per layer, initialised from the activations of that many random tokens (MeZO: 5)")
+    adapter_dim: int = knob(64, "tt_adapter: bottleneck width of each adapter (AdaZeta: 64)")
+    tt_rank: int = knob(5, "tt_adapter: tensor-train rank of the adapters' cores (AdaZeta: 5)")
 
 
 @dataclass

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from zoft.config.schema import Recipe
+from zoft.config.schema import ParamsConfig, Recipe
 from zoft.data.tasks import TASKS
 from zoft.engine import checkpoint
 from zoft.engine.trainer import build_session, prepare_model
@@ -20,6 +20,8 @@ def evaluate(recipe: Recipe, out_dir: Path, which: str, split: str, tasks: list[
     for name in tasks:
         TASKS.get(name, "--tasks")  # every name checked before any model is loaded
     folder = None if which == "none" else checkpoint.find(run_dir / "checkpoints", which)
+    if folder is None:  # the base model itself: a prefix's real-activation init would change it
+        recipe = dataclasses.replace(recipe, params=ParamsConfig())
     loaded: dict[int, tuple] = {}  # by head size: causal LMs (0) and each classifier head
     records = []
     for name in tasks:
