@@ -232,6 +232,19 @@ class ZOMethod(Method):
         if grads:
             self.update(step, grads, lr)
 
+    def moved_params(self) -> list[torch.Tensor]:
+        """The tensors `perturb` writes (all of them, unless some are perturbed another way)."""
+        return [p for _, p in self.params]
+
+    def loss_at(self, loss_fn: LossFn, step: int, query: int | None, scale: float) -> torch.Tensor:
+        """The loss with the weights at `scale`·ε·Z(step, query), `perturb` having moved them."""
+        return loss_fn()
+
+    def paired_losses(self, loss_fn: LossFn, step: int, query: int):
+        """(L(+εZ), L(−εZ)) from one forward, the weights `perturb` moves being at +ε; None when
+        the method evaluates the two signs in two forwards."""
+        return None
+
     def estimate(self, loss_fn: LossFn, step: int, queries=None) -> StepResult:
         """The projected gradients of this step; the weights are left as they were."""
         return self._estimate(loss_fn, step, queries, keep_last=False)[0]
@@ -246,7 +259,8 @@ class ZOMethod(Method):
         before the exception goes on, so the weights stay those of the last completed step.
         """
         cfg = self.cfg
-        snapshot = [p.detach().clone() for _, p in self.params] if cfg.restore == "copy" else None
+        moved = self.moved_params()
+        snapshot = [p.detach().clone() for p in moved] if cfg.restore == "copy" else None
         applied = {"query": 0, "scale": 0.0}  # the perturbation currently on the weights
 
         def move(query: int, scale: float) -> None:
@@ -257,13 +271,13 @@ class ZOMethod(Method):
             if snapshot is None:
                 move(applied["query"], -applied["scale"])
             else:
-                for (_, p), saved in zip(self.params, snapshot):
+                for p, saved in zip(moved, snapshot):
                     p.copy_(saved)
             applied["scale"] = 0.0
 
-        def loss() -> torch.Tensor:  # left on the device: one sync per query, not per forward
-            with torch.inference_mode():
-                return loss_fn().detach()
+        def loss(query: int | None = None, scale: float = 0.0) -> torch.Tensor:  # left on the device:
+            with torch.inference_mode():  # one sync per query, not per forward
+                return self.loss_at(loss_fn, step, query, scale).detach()
 
         count = self.queries(step)
         grads, losses = [0.0] * count, [0.0] * count
@@ -271,13 +285,18 @@ class ZOMethod(Method):
             base = float(loss()) if cfg.perturbation == "one_side" else None
             for query in (range(count) if queries is None else queries.mine(count)):
                 move(query, +1.0)
-                plus = loss()
-                if base is not None:
-                    restore()
-                    grads[query], losses[query] = (float(plus) - base) / cfg.eps, base
-                    continue
-                move(query, -2.0)
-                plus, minus = float(plus), float(loss())
+                with torch.inference_mode():
+                    pair = self.paired_losses(loss_fn, step, query)
+                if pair is not None:
+                    plus, minus = (float(v) for v in pair)
+                else:
+                    plus = loss(query, +1.0)
+                    if base is not None:
+                        restore()
+                        grads[query], losses[query] = (float(plus) - base) / cfg.eps, base
+                        continue
+                    move(query, -2.0)
+                    plus, minus = float(plus), float(loss(query, -1.0))
                 grads[query], losses[query] = (plus - minus) / (2 * cfg.eps), (plus + minus) / 2
                 if not (keep_last and query == count - 1):
                     restore()

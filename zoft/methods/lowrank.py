@@ -17,7 +17,7 @@ import torch
 
 from zoft.config.methods import load_rank_file
 from zoft.errors import ZoftError
-from zoft.methods.base import StepResult, ZOMethod, matrix
+from zoft.methods.base import ZOMethod, matrix
 from zoft.methods.functional import FunctionalPath, Unsupported
 from zoft.models.quantize import is_quantized, logical_shape
 
@@ -35,6 +35,7 @@ class LowRankMethod(ZOMethod):
             if not self.is_dense(p)
         }
         self.functional = self._choose_path()
+        self._directions: tuple = (None, {})  # ((step, query), ε·A per hooked matrix)
         self.acc_period = torch.zeros((), dtype=torch.long)  # the basis period A_acc is expressed in
         if self.functional is not None:
             for index in sorted(self.functional.hooked):
@@ -150,77 +151,44 @@ class LowRankMethod(ZOMethod):
     def _estimate(self, loss_fn, step, queries, keep_last):
         if self.functional is None:
             return super()._estimate(loss_fn, step, queries, keep_last)
-        return self._functional_estimate(loss_fn, step, queries), None
-
-    def _functional_estimate(self, loss_fn, step: int, queries) -> StepResult:
-        """ZOMethod._estimate with the matrices' directions set on the hooks instead of written
-        into W; the vectors move in place. With a doubled batch one forward gives L(+ε) and L(−ε)."""
         self.rebase(step)
-        cfg, path = self.cfg, self.functional
-        in_place = [(i, p) for i, (_, p) in enumerate(self.params) if not self.hooked(i)]
-        snapshot = [p.detach().clone() for _, p in in_place] if cfg.restore == "copy" else None
-        on = {"query": 0, "scale": 0.0}  # the in-place tensors' perturbation
-
-        def move_vectors(query: int, scale: float) -> None:
-            self.perturb(step, query, scale)
-            on["query"], on["scale"] = query, on["scale"] + scale
-
-        def restore_vectors() -> None:
-            if snapshot is None:
-                move_vectors(on["query"], -on["scale"])
-            else:
-                for (_, p), saved in zip(in_place, snapshot):
-                    p.copy_(saved)
-            on["scale"] = 0.0
-
-        def loss(directions=None, scale: float = 0.0) -> torch.Tensor:  # left on the device (one sync per query)
-            path.set_direction(directions or {}, scale=scale)
-            with torch.inference_mode():
-                return loss_fn().detach()
-
-        count, paired = self.queries(step), self.pairs(loss_fn)
-        grads, losses = [0.0] * count, [0.0] * count
         try:
-            base = float(loss()) if cfg.perturbation == "one_side" else None
-            for query in range(count) if queries is None else queries.mine(count):
-                directions = self.directions(step, query)
-                move_vectors(query, +1.0)
-                if paired:
-                    rows = loss_fn.rows()
-                    signs = torch.cat([torch.ones(rows), -torch.ones(rows)]).to(self.params[0][1].device)
-                    z = {i: cfg.eps * self.dense(i, p, step, query) for i, p in in_place if self.is_dense(p)}
-                    move = lambda index, scale, query=query: self.move(index, step, query, scale)  # noqa: E731
-                    path.set_direction(directions, signs=signs, vectors=z, move=move)
-                    with torch.inference_mode():
-                        plus, minus = (float(v) for v in loss_fn.pair())
-                else:
-                    plus = loss(directions, +1.0)
-                    if base is None:
-                        move_vectors(query, -2.0)
-                        minus = float(loss(directions, -1.0))
-                    plus = float(plus)
-                restore_vectors()
-                if base is None:
-                    grads[query], losses[query] = (plus - minus) / (2 * cfg.eps), (plus + minus) / 2
-                else:
-                    grads[query], losses[query] = (plus - base) / cfg.eps, base
-        except BaseException:
-            if on["scale"]:
-                restore_vectors()
-            raise
+            return super()._estimate(loss_fn, step, queries, keep_last)
         finally:
-            path.clear_direction()
-        if queries is not None:
-            grads, losses = queries.combine(grads), queries.combine(losses)
-        return StepResult(sum(losses) / count, grads)
+            self.functional.clear_direction()
+
+    def moved_params(self) -> list[torch.Tensor]:
+        """On the functional path the hooked matrices stay put: only the other tensors move."""
+        return [p for i, (_, p) in enumerate(self.params) if not self.hooked(i)]
+
+    def loss_at(self, loss_fn, step, query, scale):
+        if self.functional is not None:  # the matrices' directions go on the hooks
+            self.functional.set_direction(self.directions(step, query) if scale else {}, scale=scale)
+        return loss_fn()
+
+    def paired_losses(self, loss_fn, step, query):
+        """One forward over a doubled batch: the hooks give its halves +εA and −εA, a Linear's bias
+        is corrected and other modules' second halves are recomputed with their tensors at −ε."""
+        if self.functional is None or not self.pairs(loss_fn):
+            return None
+        rows = loss_fn.rows()
+        signs = torch.cat([torch.ones(rows), -torch.ones(rows)]).to(self.params[0][1].device)
+        biases = {i: self.cfg.eps * self.dense(i, p, step, query) for i, (_, p) in enumerate(self.params)
+                  if self.is_dense(p) and not self.hooked(i)}
+        move = lambda index, scale: self.move(index, step, query, scale)  # noqa: E731
+        self.functional.set_direction(self.directions(step, query), signs=signs, vectors=biases, move=move)
+        return loss_fn.pair()
 
     def directions(self, step: int, query: int) -> dict[int, torch.Tensor]:
-        """ε·A of every matrix for one query (A in fp32; B is the period's basis on the hooks)."""
-        out = {}
-        for index in self.functional.hooked:
-            a, _ = self.factors(index, self.like(index), step, query)
-            out[index] = self.cfg.eps * a.float()
-        return out
+        """ε·A of every hooked matrix for one query (A in fp32; B is the period's basis on the
+        hooks), drawn once for the query's passes."""
+        if self._directions[0] != (step, query):
+            out = {}
+            for index in self.functional.hooked:
+                a, _ = self.factors(index, self.like(index), step, query)
+                out[index] = self.cfg.eps * a.float()
+            self._directions = ((step, query), out)
+        return self._directions[1]
 
     def pairs(self, loss_fn) -> bool:
         """Whether this step's ±ε passes share one doubled forward."""
