@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -154,7 +155,9 @@ class ZOMethod(Method):
         a query and added by one multi-tensor kernel a pass, instead of a launch per tensor and pass."""
         return self.is_dense(p) and p.numel() <= SMALL
 
+    @functools.cached_property
     def group(self) -> list[tuple[int, torch.Tensor]]:
+        """The grouped tensors with their indices (the trained set never changes)."""
         return [(i, p) for i, (_, p) in enumerate(self.params) if self.grouped(p)]
 
     def group_directions(self, step: int, query: int) -> list[torch.Tensor]:
@@ -162,11 +165,11 @@ class ZOMethod(Method):
         if (step, query) not in self._group_cache:
             if any(key[0] != step for key in self._group_cache):
                 self._group_cache.clear()
-            self._group_cache[(step, query)] = [self.dense(i, p, step, query) for i, p in self.group()]
+            self._group_cache[(step, query)] = [self.dense(i, p, step, query) for i, p in self.group]
         return self._group_cache[(step, query)]
 
     def perturb_group(self, step: int, query: int, scale: float) -> None:
-        tensors = [p for _, p in self.group()]
+        tensors = [p for _, p in self.group]
         if tensors:
             torch._foreach_add_(tensors, self.group_directions(step, query), alpha=scale * self.cfg.eps)
 
@@ -175,15 +178,21 @@ class ZOMethod(Method):
         if self.optim.name != "sgd" or self.optim.weight_decay:  # moments, or decay of small matrices
             if undo is not None:
                 self.perturb_group(step, undo[0], -undo[1])
-            for index, p in self.group():
+            for index, p in self.group:
                 self.update_dense(index, self.params[index][0], p, step, grads, lr)
             return
-        tensors = [p for _, p in self.group()]
+        tensors = [p for _, p in self.group]
         if not tensors:
             return
-        for query, g in enumerate(grads):
-            restore = -undo[1] * self.cfg.eps if undo is not None and undo[0] == query else 0.0
-            torch._foreach_add_(tensors, self.group_directions(step, query), alpha=restore - lr * g / len(grads))
+        for query, alpha in enumerate(self.sgd_alphas(grads, lr, undo)):
+            torch._foreach_add_(tensors, self.group_directions(step, query), alpha=alpha)
+
+    def sgd_alphas(self, grads: Sequence[float], lr: float, undo: Pending) -> list[float]:
+        """Each query's coefficient of its z in an SGD update, undoing `undo` folded in."""
+        return [
+            (-undo[1] * self.cfg.eps if undo is not None and undo[0] == query else 0.0) - lr * g / len(grads)
+            for query, g in enumerate(grads)
+        ]
 
     def update_dense(
         self, index: int, name: str, p: torch.Tensor, step: int, grads: Sequence[float], lr: float, undo: Pending = None
@@ -195,9 +204,8 @@ class ZOMethod(Method):
             undo = None
         self.decay(p, lr)
         if self.optim.name == "sgd":
-            for query, g in enumerate(grads):
-                restore = -undo[1] * self.cfg.eps if undo is not None and undo[0] == query else 0.0
-                self.add_dense(index, p, step, query, restore - lr * g / len(grads))
+            for query, alpha in enumerate(self.sgd_alphas(grads, lr, undo)):
+                self.add_dense(index, p, step, query, alpha)
             return
         estimate = torch.zeros_like(p)
         for query, g in enumerate(grads):

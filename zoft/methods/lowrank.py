@@ -205,10 +205,8 @@ class LowRankMethod(ZOMethod):
         if self.functional is None or int(self.acc_period) == period:
             return
         self.merge()
-        for index in sorted(self.functional.hooked):
-            self.functional.basis[index] = self.basis_of(index, self.like(index), period)
         self.acc_period.fill_(period)
-        self.functional.changed()
+        self._load_bases()
 
     def merge(self) -> None:
         """W += A_acc Bᵀ for every matrix, then A_acc = 0 (the model no longer needs the hooks' terms)."""
@@ -265,6 +263,10 @@ class LowRankMethod(ZOMethod):
         super().load_state_dict(state)
         if self.functional is not None:  # the basis of the loaded accumulators' period
             self.functional.live.update(self.functional.hooked)
-            for index in sorted(self.functional.hooked):
-                self.functional.basis[index] = self.basis_of(index, self.like(index), int(self.acc_period))
-            self.functional.changed()
+            self._load_bases()
+
+    def _load_bases(self) -> None:
+        """Put the basis B of period `acc_period` on the hooks."""
+        for index in sorted(self.functional.hooked):
+            self.functional.basis[index] = self.basis_of(index, self.like(index), int(self.acc_period))
+        self.functional.changed()
