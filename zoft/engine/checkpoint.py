@@ -41,10 +41,10 @@ def save(folder: Path, params, method_state: dict[str, torch.Tensor], state: dic
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     # a quantized base's weights never change (their deltas are method state): not written
-    save_file({name: p.detach().contiguous().cpu() for name, p in params if p.dtype.is_floating_point}, tmp / TRAINABLE)
-    save_file({k: v.detach().contiguous().cpu() for k, v in method_state.items()}, tmp / METHOD_STATE)
+    write_tensors({name: p for name, p in params if p.dtype.is_floating_point}, tmp / TRAINABLE)
+    write_tensors(method_state, tmp / METHOD_STATE)
     if deltas:
-        save_deltas(deltas, tmp / DELTAS)
+        write_tensors(deltas, tmp / DELTAS)
     (tmp / STATE).write_text(json.dumps(state, indent=1))
     (tmp / DONE).write_text("complete\n")
     _fsync_tree(tmp)
@@ -59,9 +59,9 @@ def save(folder: Path, params, method_state: dict[str, torch.Tensor], state: dic
     return folder
 
 
-def save_deltas(deltas: dict[str, torch.Tensor], path: Path) -> None:
-    """{name.A, name.B}: the terms W_eff = W + A Bᵀ that the weights at `path`'s side lack."""
-    save_file({k: v.detach().contiguous().cpu() for k, v in deltas.items()}, path)
+def write_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Named tensors to a safetensors file (on the CPU, contiguous)."""
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, path)
 
 
 def mark_latest(root: Path, folder: Path) -> None:

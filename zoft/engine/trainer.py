@@ -451,7 +451,7 @@ class Trainer:
         if recipe.checkpoint.save_final and self.world.is_main:
             session.model.save_pretrained(self.run_dir / "model")
             if deltas := session.method.deltas():  # a quantized base cannot hold them: W_eff = W + A Bᵀ
-                checkpoint.save_deltas(deltas, self.run_dir / "model" / checkpoint.DELTAS)
+                checkpoint.write_tensors(deltas, self.run_dir / "model" / checkpoint.DELTAS)
             session.tokenizer.save_pretrained(self.run_dir / "model")
         summary = {
             "run_dir": str(self.run_dir),
