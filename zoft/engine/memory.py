@@ -83,8 +83,9 @@ def shape_of(model, batch: int, seq: int, trained=None, quantization: str = "non
     ids = {id(p) for p in trained}
     packed = set()
     if quantization != "none":
-        head = model.get_output_embeddings()
-        packed = {id(m.weight) for m in model.modules() if type(m) is torch.nn.Linear and m is not head}
+        from zoft.models.quantize import quantizable_linears
+
+        packed = {id(layer.weight) for _, _, layer in quantizable_linears(model)}
     size = lambda p: QUANTIZED_BYTES[quantization] if id(p) in packed else p.element_size()  # noqa: E731
     params = tuple((tuple(p.shape), size(p)) for p in trained)
     frozen = float(sum(p.numel() * size(p) for p in model.parameters() if id(p) not in ids))

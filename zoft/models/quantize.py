@@ -8,6 +8,7 @@ m×n matrix it stands for, so that low-rank methods can train a delta over it in
 
 from __future__ import annotations
 
+import collections
 import logging
 
 import torch
@@ -31,29 +32,36 @@ def quantize_linears(model: nn.Module, kind: str, dtype: torch.dtype, device: to
     _quiet()
     import bitsandbytes as bnb
 
-    head = model.get_output_embeddings()
-    seen: dict[int, int] = {}
-    for _, p in model.named_parameters(remove_duplicate=False):
-        seen[id(p)] = seen.get(id(p), 0) + 1
-    shared = {pid for pid, count in seen.items() if count > 1}
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if type(child) is not nn.Linear or child is head or id(child.weight) in shared:
-                continue
-            bias = child.bias is not None
-            if kind == "nf4":
-                new = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=bias, compute_dtype=dtype, quant_type="nf4")
-                new.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, quant_type="nf4")
-            else:
-                new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=bias, has_fp16_weights=False)
-                new.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False)
-            if bias:
-                new.bias = nn.Parameter(child.bias.data, requires_grad=False)
-            try:
-                setattr(parent, child_name, new.to(device))
-            except (RuntimeError, ValueError) as err:
-                raise ZoftError(f"model.quantization: bitsandbytes cannot quantize on {device}: {str(err).splitlines()[0][:200]}") from None
+    todo = quantizable_linears(model)
+    while todo:
+        parent, child_name, child = todo.pop()  # off the list: each full-precision layer is freed once swapped
+        bias = child.bias is not None
+        if kind == "nf4":
+            new = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=bias, compute_dtype=dtype, quant_type="nf4")
+            new.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, quant_type="nf4")
+        else:
+            new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=bias, has_fp16_weights=False)
+            new.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False)
+        if bias:
+            new.bias = nn.Parameter(child.bias.data, requires_grad=False)
+        try:
+            setattr(parent, child_name, new.to(device))
+        except (RuntimeError, ValueError) as err:
+            raise ZoftError(f"model.quantization: bitsandbytes cannot quantize on {device}: {str(err).splitlines()[0][:200]}") from None
     return model.requires_grad_(False)
+
+
+def quantizable_linears(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """(parent, attribute, layer) of every nn.Linear bitsandbytes stores: all but the output head
+    and layers whose weight is tied to another tensor."""
+    head = model.get_output_embeddings()
+    uses = collections.Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    return [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) is nn.Linear and child is not head and uses[id(child.weight)] == 1
+    ]
 
 
 def is_quantized(p: torch.Tensor) -> bool:
