@@ -23,16 +23,14 @@ import json
 import platform
 import re
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from zoft.config.loader import load_recipe
 from zoft.config.methods import METHOD_CONFIGS
-from zoft.engine.memory import GIB
 from zoft.engine.objective import BatchLoss
-from zoft.engine.profiling import measure_method, run_steps, synthetic_batch
+from zoft.engine.profiling import forward_passes, measure_built, run_steps, synthetic_batch
 from zoft.engine.trainer import prepare_model
 from zoft.methods import METHODS
 
@@ -95,15 +93,9 @@ def bench_shape(shape: str, batches: list[int], seq: int, steps: int, variants: 
     for batch in batches:
         objective, data = synthetic_batch(model.config.vocab_size, batch, seq, device)
         loss_fn = BatchLoss(objective, model, data)
-
-        def forward(step, times=1):
-            with torch.inference_mode():
-                for _ in range(times):
-                    loss_fn()
-
-        base = run_steps(forward, steps, device, weights, lambda: 0)
+        base = run_steps(lambda step: forward_passes(loss_fn), steps, device, weights, lambda: 0)
         rows.append({"shape": shape, "batch": batch, "row": "forward", **base})
-        pair = run_steps(lambda step: forward(step, 2), steps, device, weights, lambda: 0)
+        pair = run_steps(lambda step: forward_passes(loss_fn, 2), steps, device, weights, lambda: 0)
         rows.append({"shape": shape, "batch": batch, "row": "two forwards", **pair})
         if quantization == "none":
             try:
@@ -115,22 +107,14 @@ def bench_shape(shape: str, batches: list[int], seq: int, steps: int, variants: 
             name, optimizer, keys = VARIANTS[label]
             cfg = METHOD_CONFIGS.get(name, "")(**keys)
             optim = dataclasses.replace(recipe.optim, name=optimizer, lr=1e-9)
-            method = None
-            try:
+            row = {"shape": shape, "batch": batch, "row": label}
+
+            def build():
                 method = METHODS.get(name, "")(params, cfg, optim, 0, steps_per_epoch=1000, max_steps=1000, model=model)
-                result = measure_method(method, loss_fn, steps, device, weights)
-                result["path"] = "functional" if getattr(method, "functional", None) is not None else "in place"
-            except torch.OutOfMemoryError:
-                result = {"oom": True}
-            if method is not None:
-                method.close()
-            for _, p in params:
-                p.requires_grad_(False)
-                p.grad = None
-            del method
-            gc.collect()
-            torch.cuda.empty_cache()
-            rows.append({"shape": shape, "batch": batch, "row": label, **result})
+                row["path"] = "functional" if getattr(method, "functional", None) is not None else "in place"
+                return method
+
+            rows.append({**row, **measure_built(build, params, loss_fn, steps, device, weights)})
             print(json.dumps(rows[-1]), flush=True)
     del model, params
     gc.collect()

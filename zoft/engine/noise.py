@@ -37,9 +37,14 @@ def available() -> bool:
     return _kernel() is not None
 
 
+def _fused(p: torch.Tensor, backend: str) -> bool:
+    """The kernel takes contiguous tensors; any other goes through torch (and keeps its own stream)."""
+    return backend == "triton" and p.is_contiguous()
+
+
 def add_gaussian_(p: torch.Tensor, alpha: float, keys: tuple[int, ...], backend: str) -> None:
     """p += alpha · z, with z ~ N(0, I) from the stream of `keys` (the same z at every call)."""
-    if backend == "triton" and p.is_contiguous():
+    if _fused(p, backend):
         if alpha:
             _launch(p, alpha, stream_seed(*keys))
         return
@@ -48,7 +53,7 @@ def add_gaussian_(p: torch.Tensor, alpha: float, keys: tuple[int, ...], backend:
 
 def gaussian_like(p: torch.Tensor, keys: tuple[int, ...], backend: str) -> torch.Tensor:
     """The z that `add_gaussian_(p, ·, keys, backend)` adds, as a tensor (for momentum and Adam)."""
-    if backend == "triton" and p.is_contiguous():
+    if _fused(p, backend):
         z = torch.zeros_like(p)
         add_gaussian_(z, 1.0, keys, backend)
         return z

@@ -76,22 +76,31 @@ def measure(recipe: Recipe, variants: list[str], batch: int, seq: int, steps: in
     weights = torch.cuda.memory_allocated(device)
     objective, data = synthetic_batch(model.config.vocab_size, batch, seq, device)
     loss_fn = BatchLoss(objective, model, data)
-    results = {"forward": run_steps(lambda step: _forward(loss_fn), steps, device, weights, lambda: 0)}
+    results = {"forward": run_steps(lambda step: forward_passes(loss_fn), steps, device, weights, lambda: 0)}
     for variant in variants:
-        method = None
-        try:
-            method = method_for(recipe, variant, params, recipe.run.seed, model)
-            results[variant] = measure_method(method, loss_fn, steps, device, weights)
-        except torch.OutOfMemoryError:
-            results[variant] = {"oom": True}
-        if method is not None:
-            method.close()
-        for _, p in params:  # leave the model as the next method expects it
-            p.requires_grad_(False)
-            p.grad = None
-        gc.collect()
-        torch.cuda.empty_cache()
+        build = lambda: method_for(recipe, variant, params, recipe.run.seed, model)  # noqa: E731
+        results[variant] = measure_built(build, params, loss_fn, steps, device, weights)
     return results
+
+
+def measure_built(build, params, loss_fn, steps: int, device, weights: int) -> dict:
+    """`measure_method` of the method `build()` makes ({"oom": True} when it runs out of memory),
+    then the model left as the next method expects it: no hooks, no gradients, the cache emptied."""
+    method = None
+    try:
+        method = build()
+        result = measure_method(method, loss_fn, steps, device, weights)
+    except torch.OutOfMemoryError:
+        result = {"oom": True}
+    if method is not None:
+        method.close()
+    for _, p in params:
+        p.requires_grad_(False)
+        p.grad = None
+    del method
+    gc.collect()
+    torch.cuda.empty_cache()
+    return result
 
 
 def measure_method(method, loss_fn, steps: int, device, weights: int) -> dict:
@@ -104,9 +113,11 @@ def measure_method(method, loss_fn, steps: int, device, weights: int) -> dict:
     return run_steps(lambda step: method.step(loss_fn, step, 1e-9), steps, device, weights, state_bytes, grads)
 
 
-def _forward(loss_fn) -> None:
+def forward_passes(loss_fn, times: int = 1) -> None:
+    """`times` inference forwards of the batch (the floor a ZO step is measured against)."""
     with torch.inference_mode():
-        loss_fn()
+        for _ in range(times):
+            loss_fn()
 
 
 def run_steps(step_fn, steps: int, device, weights: int, state_bytes, transient_state: int = 0) -> dict:
