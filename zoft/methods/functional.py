@@ -17,6 +17,8 @@ tensor at −ε. Nothing here knows which method made A and B.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,7 +67,8 @@ class FunctionalPath:
         self.scale = 0.0  # s over a whole batch
         self.vectors: dict[int, torch.Tensor] = {}  # ε·z of Linear biases over a doubled batch
         self.move = None  # over a doubled batch: move(index, scale) shifts an in-place tensor by scale·ε·Z
-        self._cache: dict[int, tuple | None] = {}
+        self._cache: dict[int, tuple | None] = {}  # the factors the hooks add, until a direction or term changes
+        self._frozen_cache: dict[int, list] = {}  # merged-out terms in the activations' dtype, until they change
         self._index_of: dict[int, list[int]] = {}
         modules: dict[int, nn.Module] = {}
         for index in self.hooked:
@@ -85,8 +88,9 @@ class FunctionalPath:
                         self.handles.append(module.register_forward_hook(self._recompute_hook))
                     self._owned.setdefault(id(module), []).append(index)
 
-    def doubled_supported(self) -> str | None:
-        """None when a doubled batch can carry ±ε; else why not."""
+    @functools.cached_property
+    def doubled_problem(self) -> str | None:
+        """None when a doubled batch can carry ±ε; else why not (the modules never change)."""
         for index, owners in self.owners.items():
             for module, attr in owners:
                 if not (isinstance(module, nn.Linear) and attr == "bias") and any(True for _ in module.children()):
@@ -115,6 +119,7 @@ class FunctionalPath:
     def changed(self) -> None:
         """A_acc, B or the frozen terms changed: the hooks' factors are built again."""
         self._cache.clear()
+        self._frozen_cache.clear()
 
     # ---- hooks ---------------------------------------------------------------------------
     def _factors(self, index: int, dtype: torch.dtype):
@@ -133,6 +138,12 @@ class FunctionalPath:
             self._cache[index] = factors
         return self._cache[index]
 
+    def _frozen_terms(self, index: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The merged-out terms of a read-only matrix in the activations' dtype, cast once."""
+        if index not in self._frozen_cache:
+            self._frozen_cache[index] = [(a.to(dtype), b.to(dtype)) for a, b in self.frozen.get(index, ())]
+        return self._frozen_cache[index]
+
     def _row_signs(self, h: torch.Tensor) -> torch.Tensor:
         """The signs broadcast over h: batch-first, or (as OPT's MLP) tokens flattened batch-major."""
         rows = self.signs.shape[0]
@@ -145,8 +156,8 @@ class FunctionalPath:
 
     def _matrix_hook(self, module, args, out):
         for index in self._index_of[id(module)]:
-            for frozen_a, frozen_b in self.frozen.get(index, ()):
-                self._add(module, args[0], out, frozen_a.to(out.dtype), frozen_b.to(out.dtype), False)
+            for frozen_a, frozen_b in self._frozen_terms(index, out.dtype):
+                self._add(module, args[0], out, frozen_a, frozen_b, False)
             factors = self._factors(index, out.dtype)
             if factors is not None:
                 self._add(module, args[0], out, *factors)

@@ -104,7 +104,7 @@ class LowRankMethod(ZOMethod):
         if choice == "auto" and not (on_gpu or quantized):
             path.close()
             return None
-        if self.cfg.paired_forward == "always" and (reason := path.doubled_supported()) is not None:
+        if self.cfg.paired_forward == "always" and (reason := path.doubled_problem) is not None:
             path.close()
             raise ZoftError(f"method.paired_forward: {reason}; use auto or never")
         return path
@@ -195,7 +195,7 @@ class LowRankMethod(ZOMethod):
         choice = self.cfg.paired_forward
         if choice == "never" or not hasattr(loss_fn, "pair") or self.cfg.perturbation != "two_side":
             return False
-        if self.functional.doubled_supported() is not None:
+        if self.functional.doubled_problem is not None:
             return False
         return choice == "always" or loss_fn.examples() <= PAIRED_MAX_EXAMPLES
 
