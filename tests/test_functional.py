@@ -3,17 +3,16 @@ in factor space merged at basis changes; equal to the in-place path up to roundi
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
 
 from zoft.config.loader import recipe_from_dict
 from zoft.engine import checkpoint
-from zoft.engine.objective import BatchLoss
 from zoft.engine.trainer import build_session
 from zoft.errors import ZoftError
 
+from test_methods_train import fixed_batch
 from test_train import assert_resume_is_exact, run_dir, train
 
 VARIANTS = {
@@ -26,13 +25,7 @@ VARIANTS = {
 
 
 def session_for(tiny, method, optim, model="tiny:opt-32x2", **extra):
-    recipe = copy.deepcopy(tiny)
-    recipe["model"] = {"name_or_path": model}
-    recipe["method"], recipe["optim"] = {**method, **extra}, optim
-    recipe["data"] = {"task": "toy_sentiment", "num_train": 8, "num_dev": 0, "num_eval": 1}
-    recipe["train"] = {"batch_size": 8, "max_steps": 10}
-    session = build_session(recipe_from_dict(recipe))
-    return session, BatchLoss(session.objective, session.model, session.objective.train_batch(session.train, session.pad_id))
+    return fixed_batch(tiny, model={"name_or_path": model}, method={**method, **extra}, optim=optim)
 
 
 def effective_weights(session) -> dict[str, torch.Tensor]:

@@ -24,20 +24,28 @@ SETTINGS = {
 }
 
 
-@pytest.mark.parametrize("name", SETTINGS)
-def test_method_lowers_the_loss_of_a_fixed_batch(name, tiny):
-    method, optim, steps = SETTINGS[name]
+def fixed_batch(tiny, steps: int = 10, **sections):
+    """A session on 8 toy examples (the recipe `tiny` with `sections` replaced), and the loss of
+    those 8 as one batch: what tests of single steps drive."""
     recipe = copy.deepcopy(tiny)
-    recipe["method"], recipe["optim"] = method, optim
+    recipe.update(sections)
     recipe["data"] = {"task": "toy_sentiment", "num_train": 8, "num_dev": 0, "num_eval": 1}
     recipe["train"] = {"max_steps": steps, "batch_size": 8}
     session = build_session(recipe_from_dict(recipe))
-    batch = session.objective.train_batch(session.train, session.pad_id)
-    loss_fn = BatchLoss(session.objective, session.model, batch)
+    return session, BatchLoss(session.objective, session.model, session.objective.train_batch(session.train, session.pad_id))
+
+
+def batch_loss(loss_fn) -> float:
     with torch.no_grad():
-        before = float(loss_fn())
+        return float(loss_fn())
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+def test_method_lowers_the_loss_of_a_fixed_batch(name, tiny):
+    method, optim, steps = SETTINGS[name]
+    session, loss_fn = fixed_batch(tiny, steps, method=method, optim=optim)
+    before = batch_loss(loss_fn)
     for step in range(steps):
         session.method.step(loss_fn, step, session.method.optim.lr)
-    with torch.no_grad():
-        after = float(loss_fn())
+    after = batch_loss(loss_fn)
     assert after < before - 0.05, (before, after)

@@ -3,7 +3,6 @@ functional low-rank deltas trained over it, resumed exactly, evaluated with the 
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
@@ -12,10 +11,10 @@ pytest.importorskip("bitsandbytes")
 
 from zoft.config.loader import recipe_from_dict
 from zoft.engine import checkpoint
-from zoft.engine.objective import BatchLoss
 from zoft.engine.trainer import build_session
 from zoft.errors import ZoftError
 
+from test_methods_train import batch_loss, fixed_batch
 from test_train import assert_resume_is_exact, run_dir, train
 
 # bitsandbytes' CPU 4-bit kernels need rows of at least one 64-element block
@@ -38,23 +37,17 @@ def quantized(tiny):
     ({"name": "tezo", "rank": 2}, "adam"),
 ])
 def test_a_low_rank_delta_trains_over_a_quantized_base_that_never_changes(tiny, kind, method, optim):
-    recipe = copy.deepcopy(tiny)
-    recipe["model"] = {**MODEL, "quantization": kind}
-    recipe["method"], recipe["optim"] = method, {"name": optim, "lr": 2e-3 if optim != "adam" else 1e-3}
-    recipe["data"] = {"task": "toy_sentiment", "num_train": 8, "num_dev": 0, "num_eval": 1}
-    recipe["train"] = {"batch_size": 8, "max_steps": 40}
-    session = build_session(recipe_from_dict(recipe))
+    session, loss_fn = fixed_batch(
+        tiny, 40, model={**MODEL, "quantization": kind}, method=method, optim={"name": optim, "lr": 2e-3 if optim != "adam" else 1e-3}
+    )
     assert type(session.model.model.layers[0].mlp.up_proj).__name__ in ("Linear4bit", "Linear8bitLt")
     assert session.method.functional is not None  # chosen automatically: the base cannot be written
-    loss_fn = BatchLoss(session.objective, session.model, session.objective.train_batch(session.train, session.pad_id))
-    with torch.no_grad():
-        before = float(loss_fn())  # (bitsandbytes repacks 4-bit weights for CPU at the first forward)
+    before = batch_loss(loss_fn)  # (bitsandbytes repacks 4-bit weights for CPU at the first forward)
     packed = {n: p.clone() for n, p in session.params if not p.dtype.is_floating_point}
     assert packed
     for step in range(40):
         session.method.step(loss_fn, step, session.method.optim.lr)
-    with torch.no_grad():
-        after = float(loss_fn())
+    after = batch_loss(loss_fn)
     assert after < before - 0.05, (before, after)
     assert all(torch.equal(p, packed[n]) for n, p in session.params if n in packed)
     assert any(n in packed for n in (k[: -len(".A")] for k in session.method.deltas() if k.endswith(".A")))
