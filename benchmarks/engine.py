@@ -114,7 +114,8 @@ def bench_shape(shape: str, batches: list[int], seq: int, steps: int, variants: 
                 row["path"] = "functional" if getattr(method, "functional", None) is not None else "in place"
                 return method
 
-            rows.append({**row, **measure_built(build, params, loss_fn, steps, device, weights)})
+            result = measure_built(build, params, loss_fn, steps, device, weights)  # sets row["path"]
+            rows.append({**row, **result})
             print(json.dumps(rows[-1]), flush=True)
     del model, params
     gc.collect()
