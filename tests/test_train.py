@@ -87,6 +87,18 @@ def test_run_directory_holds_everything_and_loads_with_from_pretrained(tiny):
     assert model(**tok(["the film was great"], return_tensors="pt")).logits.shape[-1] == len(tok)
 
 
+def test_test_each_scores_test_at_every_dev_evaluation_and_the_best_step_matches_the_summary(tiny):
+    tiny["eval"].update(test_each=True, every=2)
+    tiny["optim"]["lr"] = 5e-2  # dev accuracy moves, so the best step is not simply the first
+    summary = train(tiny)
+    records = read_metrics(run_dir(tiny) / "metrics.jsonl")
+    dev = {r["step"]: r["accuracy"] for r in records if r.get("split") == "dev"}
+    test = [r for r in records if r.get("split") == "test"]
+    assert sorted(dev) == [0, 2, 4, 6] and [r["step"] for r in test[:4]] == [0, 2, 4, 6]
+    # the curve's test score at the best dev step is the end-of-run score of the best checkpoint
+    assert test[sorted(dev).index(summary["best_step"])]["accuracy"] == summary["test"]
+
+
 def test_training_moves_the_weights_and_logs_a_finite_loss(tiny):
     train(tiny)
     rows = train_records(tiny)

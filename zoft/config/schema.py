@@ -100,6 +100,7 @@ class EvalConfig:
     at_start: bool = knob(True, "evaluate dev and test before the first step (the zero-shot scores)")
     batch_size: int = knob(32, "examples per eval forward")
     test: bool = knob(True, "score the test set at the end, with the best dev checkpoint")
+    test_each: bool = knob(False, "also score the test set at every dev evaluation: a test curve, from which the test score at the best dev step of any shorter budget can be read")
     icl_shots: int = knob(0, "in-context demonstrations from the training set before each dev/test prompt (0 = zero-shot)")
 
 

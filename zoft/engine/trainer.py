@@ -429,6 +429,8 @@ class Trainer:
     def _track_best(self, session: Session, state: dict, step: int) -> None:
         score = self._evaluate(session, "dev", step)[session.objective.metric]
         state["last_dev_step"] = step
+        if self.recipe.eval.test_each and session.test:
+            self._evaluate(session, "test", step)
         if state["best_dev"] is None or score > state["best_dev"]:
             state["best_dev"], state["best_step"] = score, step
             self._save(session, step, state, name="best")

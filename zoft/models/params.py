@@ -32,6 +32,11 @@ def trainable(model, cfg: ParamsConfig, seed: int):
     return model, params
 
 
+def is_classifier(model) -> bool:
+    """A sequence-classification model (encoder tasks): its head is new, so every mode trains it."""
+    return type(model).__name__.endswith("ForSequenceClassification")
+
+
 def with_peft(model, config, seed: int):
     """get_peft_model with its random init drawn from `seed` (the same in every process), leaving
     the global RNG as it was."""
@@ -46,7 +51,10 @@ def with_peft(model, config, seed: int):
 def _lora(model, cfg: ParamsConfig, seed: int):
     from peft import LoraConfig
 
-    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets), lora_dropout=0.0)
+    # SEQ_CLS makes peft train the new classification head too (modules_to_save), not only the adapters
+    task_type = "SEQ_CLS" if is_classifier(model) else None
+    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets),
+                        lora_dropout=0.0, task_type=task_type)
     try:
         return with_peft(model, config, seed)
     except ValueError as err:

@@ -1,11 +1,11 @@
 """AdaZeta's tensor-train adapters (`params.mode: tt_adapter`), in plain torch.
 
-A bottleneck adapter h + up(relu(down(h))) follows each decoder layer's attention output and MLP
-output; `down` (hidden → adapter_dim) and `up` (back) exist only as tensor-train cores, so a ZO
+A bottleneck adapter h + up(relu(down(h))) follows each layer's attention output and MLP output; `down` (hidden → adapter_dim) and `up` (back) exist only as tensor-train cores, so a ZO
 method perturbs a few thousand numbers per layer instead of millions. Both sides of a matrix are
 split into at most three balanced modes (`tt_modes`), which fits any hidden size, where AdaZeta's
 code hard-codes 4096 = 16·16·16. The adapters hook onto the frozen base's projections: the base
-keeps its own module names and weights, and only the adapters are saved.
+keeps its own module names and weights, and only the adapters (and a classification head, which
+is new and so trains with them) are saved.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from torch import nn
 
 from zoft.errors import ZoftError
 
-ATTENTION_OUT = ("o_proj", "out_proj")  # LLaMA-style, OPT
-MLP_OUT = ("down_proj", "fc2")
+ATTENTION_OUT = ("o_proj", "out_proj", "attention.output.dense")  # LLaMA-style, OPT, BERT (paths within a layer)
+MLP_OUT = ("down_proj", "fc2", "output.dense")
+HEAD = ("classifier", "score")  # a sequence-classification head, new and so trained with the adapters
 WEIGHTS_FILE = "tt_adapter.safetensors"
 CONFIG_FILE = "tt_adapter_config.json"
 
@@ -118,22 +119,22 @@ class TTAdapter(nn.Module):
 
 
 def adapter_sites(model) -> list[tuple[nn.Linear, nn.Linear]]:
-    """(attention output, MLP output) projections of each decoder layer, else ZoftError."""
+    """(attention output, MLP output) projections of each transformer layer, else ZoftError."""
     layers = next(
         (m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == model.config.num_hidden_layers), None
     )
     sites = []
     for layer in layers if layers is not None else []:
-        linears = [(n.rsplit(".", 1)[-1], m) for n, m in layer.named_modules() if isinstance(m, nn.Linear)]
-        attn = [m for n, m in linears if n in ATTENTION_OUT]
-        mlp = [m for n, m in linears if n in MLP_OUT]
+        linears = [(n, m) for n, m in layer.named_modules() if isinstance(m, nn.Linear)]
+        attn = [m for n, m in linears if n in ATTENTION_OUT or n.rsplit(".", 1)[-1] in ATTENTION_OUT]
+        mlp = [m for n, m in linears if n in MLP_OUT or n.rsplit(".", 1)[-1] in MLP_OUT]
         if len(attn) != 1 or len(mlp) != 1:
             break
         sites.append((attn[0], mlp[0]))
     if layers is None or len(sites) != len(layers):
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
         raise ZoftError(
-            f"params.mode: tt_adapter needs decoder layers with one attention output ({', '.join(ATTENTION_OUT)}) "
+            f"params.mode: tt_adapter needs layers with one attention output ({', '.join(ATTENTION_OUT)}) "
             f"and one MLP output ({', '.join(MLP_OUT)}) projection; {type(model).__name__} has linear modules "
             f"{', '.join(names)}"
         )
@@ -153,6 +154,7 @@ class TTAdapterModel(nn.Module):
         super().__init__()
         self.base_model = base.requires_grad_(False)
         self.settings = {"adapter_dim": adapter_dim, "tt_rank": tt_rank}
+        self.head = [(n, p.requires_grad_(True)) for n, p in base.named_parameters() if n.split(".", 1)[0] in HEAD]
         device = next(base.parameters()).device
         sites = adapter_sites(base)
         self.adapters = nn.ModuleList(
@@ -183,7 +185,8 @@ class TTAdapterModel(nn.Module):
     def save_pretrained(self, folder) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({n: p.detach().contiguous().cpu() for n, p in self.adapters.named_parameters()}, folder / WEIGHTS_FILE)
+        tensors = {**dict(self.adapters.named_parameters(prefix="adapters")), **{f"head.{n}": p for n, p in self.head}}
+        save_file({n: p.detach().contiguous().cpu() for n, p in tensors.items()}, folder / WEIGHTS_FILE)
         settings = {"mode": "tt_adapter", **self.settings, "base_model": self.base_model.config._name_or_path}
         (folder / CONFIG_FILE).write_text(json.dumps(settings, indent=1) + "\n")
 
@@ -193,5 +196,7 @@ def load_tt_adapter(base, folder) -> TTAdapterModel:
     folder = Path(folder)
     settings = json.loads((folder / CONFIG_FILE).read_text())
     model = TTAdapterModel(base, settings["adapter_dim"], settings["tt_rank"])
-    model.adapters.load_state_dict(load_file(folder / WEIGHTS_FILE))
+    tensors = load_file(folder / WEIGHTS_FILE)
+    model.adapters.load_state_dict({n.removeprefix("adapters."): t for n, t in tensors.items() if n.startswith("adapters.")})
+    base.load_state_dict({n.removeprefix("head."): t for n, t in tensors.items() if n.startswith("head.")}, strict=False)
     return model.requires_grad_(False)
