@@ -255,6 +255,9 @@ register(Task(
     "drop", "generate", "Passage: {passage}\nQuestion: {question}\nAnswer:",
     hub_name="ucinlp/drop", answers_of=_drop_answers, metric="f1",
 ))
+register(Task(  # SST-2 for encoders (MiniLM, BERT): a classification head instead of a prompt
+    "sst2_encoder", "encoder", "", "nyu-mll/glue", "sst2", flatten=_single_text, text_fields=("sentence",), num_labels=2,
+))
 register(Task(
     "sst5", "encoder", "", hub_name="SetFit/sst5", eval_split="test", flatten=_single_text,
     text_fields=("sentence",), num_labels=5,

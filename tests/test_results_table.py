@@ -1,0 +1,69 @@
+"""tools/results_table.py: every cell's command validates, and the report reads all ZO cells of a
+column at one step budget, from the test score of the best dev evaluation within it."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from zoft.config.loader import load_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("results_table", ROOT / "tools" / "results_table.py")
+results_table = sys.modules["results_table"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(results_table)
+
+
+def test_every_cell_of_the_table_is_a_valid_recipe(shared_data, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    table = yaml.safe_load(results_table.TABLE.read_text())
+    cells = results_table.cells(table)
+    assert len(cells) == 82
+    for cell in cells:
+        _, _, recipe, *keys = cell.command(Path("runs/results"))
+        tiny = {"smollm2": ["model.name_or_path=tiny:llama-16x1", "~model.gguf_file"], "minilm": ["model.name_or_path=tiny:bert-16x1"]}
+        load_recipe(recipe, keys + tiny[cell.model])  # raises on any bad key; data.path (../shared/data) is checked too
+
+
+def write_run(root: Path, name: str, evals: dict[int, tuple[float, float]], steps: int) -> None:
+    run = root / name
+    run.mkdir(parents=True)
+    lines = [{"step": s, "loss": 1.0 / s, "time_s": float(s), "mem_gib": 1.0 + s / 1e4} for s in range(1, steps + 1)]
+    for step, (dev, test) in evals.items():
+        lines += [{"step": step, "split": "dev", "accuracy": dev}, {"step": step, "split": "test", "accuracy": test}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def test_report_reads_every_zo_cell_at_the_budget_all_of_them_reached(tmp_path):
+    table = {"models": {"m": {"recipe": "r.yaml", "columns": {"sst2": ["data.task=sst2"]}, "rows": {
+        "zero-shot": {"kind": "eval", "keys": []},
+        "mezo": {"kind": "zo", "keys": []},
+        "lozo": {"kind": "zo", "keys": []},
+        "adazeta": {"kind": "zo", "own_budget": True, "keys": []},
+        "fo": {"kind": "fo", "keys": []},
+    }}}}
+    runs = tmp_path / "runs"
+    # mezo's best dev is at 1500, beyond lozo's last evaluation (1000): it is read at 1000
+    write_run(runs, "m-mezo-sst2", {500: (0.6, 0.61), 1000: (0.7, 0.71), 1500: (0.9, 0.91)}, 1500)
+    write_run(runs, "m-lozo-sst2", {500: (0.8, 0.81), 1000: (0.8, 0.5)}, 1000)  # a tie: the earlier step
+    write_run(runs, "m-adazeta-sst2", {500: (0.6, 0.66)}, 600)  # its own budget, not the column's
+    write_run(runs, "m-fo-sst2", {125: (0.9, 0.92)}, 125)
+    (runs / "m-zero-shot-sst2" / "eval").mkdir(parents=True)
+    (runs / "m-zero-shot-sst2" / "eval" / "sst2_test_none.json").write_text(json.dumps({"accuracy": 0.5}))
+    docs = tmp_path / "docs" / "results.md"
+    (docs.parent / "img").mkdir(parents=True)
+    docs.write_text("# Results\n")
+    results_table.report(table, runs, docs)
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in docs.read_text().splitlines() if line.startswith("| ")}
+    assert rows["m"] == "sst2 (1,000 ZO steps)"
+    assert rows["mezo"].startswith("71.0 · 1,000 st · 16.7 min")
+    assert rows["lozo"].startswith("81.0 · 1,000 st")
+    assert rows["adazeta"].startswith("66.0 · 500 st")
+    assert rows["fo"].startswith("92.0 · 125 st")
+    assert rows["zero-shot"] == "50.0"
+    assert (docs.parent / "img" / "results-m-sst2.png").stat().st_size > 0
+    results_table.report(table, runs, docs)  # a second report replaces its section
+    assert docs.read_text().count(results_table.START) == 1
