@@ -44,3 +44,13 @@ def test_smollm2_gguf_loads_dequantized_and_saves_for_from_pretrained(tmp_path):
     ids = tok(["It was"], return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(again(**ids).logits, model(**ids).logits)
+
+
+def test_tf32_is_set_by_every_load_and_reset_by_the_next():
+    from zoft.config.schema import ModelConfig
+    from zoft.models.loading import load_model
+
+    load_model(ModelConfig(name_or_path="tiny:llama-16x1", tf32=True), 0)
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    load_model(ModelConfig(name_or_path="tiny:llama-16x1"), 0)
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32

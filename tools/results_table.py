@@ -1,4 +1,4 @@
-"""Run and report the results table of docs/results.md from recipes/results/table.yaml.
+"""Run and report the results table of docs/results.md from recipes/results/_table.yaml.
 
     python tools/results_table.py list                      # the command of every cell
     python tools/results_table.py run [--gpus 0,1] [--per-gpu 4] [--deadline-min 60] [--only GLOB]
@@ -7,7 +7,7 @@
 
 `run` starts each cell as its own `zoft` process (several per GPU when they are launch-bound),
 skips finished cells and resumes stopped ones, so it can be run again until the table is full.
-`report` reads every ZO cell of a column at one step budget (see table.yaml).
+`report` reads every ZO cell of a column at one step budget (see recipes/results/_table.yaml).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLE = ROOT / "recipes" / "results" / "table.yaml"
+TABLE = ROOT / "recipes" / "results" / "_table.yaml"
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
 
 
@@ -235,19 +235,20 @@ def plot(model: str, column: str, runs: dict[str, list[dict]], path: Path) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
     for row, rows in runs.items():
         steps = [(r["step"], r["loss"]) for r in rows if "split" not in r and r.get("loss") is not None]
         if not steps:
             continue
-        window = max(1, len(steps) // 100)
+        window = max(1, len(steps) // 25)  # a running mean over 4% of the run: ZO losses are noisy
         xs = [s for s, _ in steps][window - 1:]
         ys = [sum(l for _, l in steps[i - window + 1:i + 1]) / window for i in range(window - 1, len(steps))]
-        ax.plot(xs, ys, label=row, linewidth=1)
-    ax.set(xlabel="step", ylabel="training loss (running mean)", title=f"{model} · {column}", xscale="log")
-    ax.legend(fontsize=7, ncol=2)
+        ax.plot(xs, ys, label=row, linewidth=1.2)
+    ax.set(xlabel="step", ylabel="training loss (running mean)", title=f"{model} · {column}")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 

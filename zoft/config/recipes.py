@@ -16,8 +16,10 @@ def recipes_dir() -> Path:
 
 
 def list_recipes() -> list[str]:
+    """Every YAML file under the recipes folder but those named `_*.yaml` (a tool's data, such as
+    recipes/results/_table.yaml, not a recipe)."""
     root = recipes_dir()
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml") if not p.name.startswith("_"))
 
 
 def resolve_recipe(source: str | Path) -> Path:

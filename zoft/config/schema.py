@@ -28,6 +28,7 @@ class ModelConfig:
     name_or_path: str | None = knob(None, "HF hub id, local folder, pkg:<package>[/folder], or tiny:<arch>[-<hidden>x<layers>]")
     config: str | None = knob(None, "instead of weights: a config.json file or a built-in shape (opt-1.3b, llama-7b, ...), random weights")
     dtype: Literal["fp32", "bf16", "fp16"] = knob("fp32", "weight dtype")
+    tf32: bool = knob(False, "on a GPU, fp32 matrix products in TensorFloat-32 (10-bit mantissa products, fp32 sums; several times the fp32 rate); weights and updates stay fp32")
     gguf_file: str | None = knob(None, "GGUF file (path, or name inside name_or_path); dequantized on load")
     device: Literal["auto", "cpu", "cuda"] = knob("auto", "auto = cuda when available, else cpu")
     trust_remote_code: bool = knob(False, "run model code from the hub; off unless asked for")

@@ -27,6 +27,8 @@ def load_model(cfg: ModelConfig, seed: int, num_labels: int = 0):
     `num_labels` > 0 asks for a sequence-classification head (encoder tasks) instead of an LM.
     """
     device = pick_device(cfg.device)
+    # process-wide in torch; set either way so that one process's runs do not leak into the next
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
     built = cfg.config is not None or cfg.name_or_path.startswith(TINY_PREFIX)  # not read from a checkpoint
     if cfg.config is not None:
         model, tokenizer = random_model(cfg, seed, num_labels, device)
