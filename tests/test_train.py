@@ -2,6 +2,7 @@
 
 import copy
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,6 +126,55 @@ def test_resumed_run_equals_an_uninterrupted_one_bit_for_bit(tiny):
 def test_resume_keeps_each_methods_state_bit_identical(tiny, method, optim):
     tiny["method"], tiny["optim"] = method, optim
     assert_resume_is_exact(tiny)
+
+
+@pytest.mark.parametrize("method, optim", [
+    ({"name": "mezo"}, {"name": "sgd", "lr": 1e-3}),
+    ({"name": "mezo", "n_queries": 2}, {"name": "adam", "lr": 1e-3}),
+    ({"name": "lozo", "rank": 2, "lazy_interval": 2}, {"name": "momentum", "lr": 1e-3}),
+    ({"name": "subzo", "rank": 2, "update_interval": 2}, {"name": "sgd", "lr": 1e-3}),
+    ({"name": "tezo", "rank": 2, "refresh_interval": 2}, {"name": "adam", "lr": 1e-3}),
+], ids=["mezo", "mezo-adam-q2", "lozo-m", "subzo", "tezo-adam"])
+def test_replay_rebuilds_a_run_from_its_metrics_alone_bit_for_bit(tiny, method, optim):
+    tiny["method"] = {**method, "eps": 1e-3, "restore": "copy"}  # copy: the perturbations leave no rounding behind
+    tiny["optim"] = optim
+    whole = train_copy(tiny, "whole")
+    moved = copy.deepcopy(tiny)
+    moved["run"]["name"] = "moved"
+    moved["train"]["max_steps"] = 4
+    train(moved)
+    shutil.rmtree(run_dir(moved) / "checkpoints")  # what another machine gets: the run directory without weights
+    logged = [r for r in read_metrics(run_dir(moved) / "metrics.jsonl") if "split" not in r]
+    moved["train"]["max_steps"] = 6
+    moved["checkpoint"].update(resume="auto", replay=True)
+    train(moved)
+    again = [r for r in read_metrics(run_dir(moved) / "metrics.jsonl") if "split" not in r]
+    assert again[:4] == logged  # replayed, not recomputed: the first steps' records (times too) are the logged ones
+    assert train_records(moved) == train_records(whole)
+    from safetensors.torch import load_file
+
+    a = load_file(run_dir(whole) / "checkpoints" / "step_0000006" / "trainable.safetensors")
+    b = load_file(run_dir(moved) / "checkpoints" / "step_0000006" / "trainable.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_replay_of_a_thinned_metrics_file_stops_naming_the_missing_steps(tiny):
+    train(tiny)
+    metrics = run_dir(tiny) / "metrics.jsonl"
+    shutil.rmtree(run_dir(tiny) / "checkpoints")
+    metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines() if '"step": 2,' not in line))
+    tiny["checkpoint"].update(resume="auto", replay=True)
+    with pytest.raises(ZoftError, match="lacks the records of steps 2; every step's is needed"):
+        train(tiny)
+
+
+def test_replay_is_refused_for_first_order_and_without_resume(tiny, tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({**tiny, "method": {"name": "fo"}, "checkpoint": {"replay": True}}))
+    result = CliRunner().invoke(app, ["train", str(path), "--dry-run"])
+    assert result.exit_code == 2
+    assert "checkpoint.replay: replays this run's own metrics.jsonl" in result.output
+    assert "checkpoint.replay: a first-order step" in " ".join(result.output.split())
 
 
 def test_resume_refuses_a_recipe_that_changes_the_trajectory(tiny):

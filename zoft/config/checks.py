@@ -95,4 +95,7 @@ def check_recipe(r: Recipe) -> list[str]:
     need(r.logging.every >= 1, "logging.every: must be >= 1")
     if r.checkpoint.resume not in (None, "auto"):
         need(Path(r.checkpoint.resume).expanduser().is_dir(), f"checkpoint.resume: no such run folder {r.checkpoint.resume!r}")
+    if r.checkpoint.replay:
+        need(r.checkpoint.resume == "auto", "checkpoint.replay: replays this run's own metrics.jsonl; set checkpoint.resume=auto")
+        need(r.method.name != "fo", "checkpoint.replay: a first-order step is not a function of logged numbers; fo runs resume from checkpoints only")
     return problems

@@ -111,6 +111,7 @@ class CheckpointConfig:
     keep_last: int = knob(2, "checkpoints kept besides the best one")
     resume: str | None = knob(None, "null = fresh run; auto = continue this run's newest complete checkpoint (or start); a run folder = continue that run")
     save_final: bool = knob(True, "save the trained model at the end for from_pretrained")
+    replay: bool = knob(False, "with resume=auto and no complete checkpoint: rebuild the weights and method state by re-applying the updates metrics.jsonl logged (seed, projected gradients, learning rates); a ZO run goes on elsewhere from its metrics alone")
 
 
 @dataclass

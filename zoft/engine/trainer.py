@@ -32,9 +32,10 @@ from zoft.errors import ZoftError
 from zoft.methods import METHODS, Method, ZOMethod
 from zoft.models.loading import load_model
 from zoft.models.params import trainable
-from zoft.tracking.metrics import MetricsLog
+from zoft.tracking.metrics import MetricsLog, read_metrics
 
 # keys that shape the trajectory: a resumed run must not change them
+REPLAY = "replay"  # _prepare_run_dir: no checkpoint, but metrics.jsonl to replay (checkpoint.replay)
 FROZEN_ON_RESUME = ("run.seed", "model", "params", "data", "method", "optim", "train.batch_size")
 
 
@@ -183,12 +184,14 @@ class Trainer:
             problems.append("method.name: fo averages no gradients across ranks; run it in one process")
         if r.model.device_map is not None:
             problems.append("model.device_map: one process spreads a model over GPUs; do not combine it with torchrun")
+        if r.checkpoint.replay:
+            problems.append("checkpoint.replay: replay in one process, then continue with torchrun from its checkpoint")
         if problems:
             raise ZoftError(problems, title="cannot run data-parallel")
 
     # ---- run directory -------------------------------------------------------------------
-    def _prepare_run_dir(self) -> Path | None:
-        """Create or reuse the run directory (rank 0); the checkpoint to resume from, if any."""
+    def _prepare_run_dir(self) -> Path | str | None:
+        """Create or reuse the run directory (rank 0); the checkpoint to resume from, REPLAY, or None."""
         if self.world.is_main:
             resume_from = self._prepare_run_dir_main()
         self.world.barrier()
@@ -196,13 +199,16 @@ class Trainer:
             resume_from = checkpoint.newest(self.ckpt_root) if self.recipe.checkpoint.resume else None
         return resume_from
 
-    def _prepare_run_dir_main(self) -> Path | None:
+    def _prepare_run_dir_main(self) -> Path | str | None:
         recipe, run_dir = self.recipe, self.run_dir
         checkpoint.recover(self.ckpt_root)
         resume_from = checkpoint.newest(self.ckpt_root) if recipe.checkpoint.resume else None
         if resume_from is not None:
             self._check_resume_config()
             return resume_from
+        if recipe.checkpoint.replay and (run_dir / "metrics.jsonl").is_file():
+            self._check_resume_config()
+            return REPLAY
         if recipe.checkpoint.resume not in (None, "auto"):
             raise ZoftError(f"checkpoint.resume: {run_dir} holds no complete checkpoint", title="cannot resume")
         if (run_dir / "config.yaml").exists() and not (recipe.run.overwrite or recipe.checkpoint.resume == "auto"):
@@ -277,6 +283,26 @@ class Trainer:
             checkpoint.prune(self.ckpt_root, self.recipe.checkpoint.keep_last)
         return folder
 
+    def _replay(self, session: Session) -> tuple[int, dict]:
+        """Re-apply the updates of the steps metrics.jsonl logged to the initial weights: a ZO update
+        is a function of (seed, step, projected gradients, lr) alone, momentum and Adam state too.
+        The best-dev weights were not kept, so the best checkpoint is chosen among later evaluations."""
+        records = read_metrics(self.run_dir / "metrics.jsonl")
+        steps = [r for r in records if "split" not in r and "event" not in r]
+        if [r["step"] for r in steps] != list(range(1, len(steps) + 1)):
+            missing = sorted(set(range(1, max(r["step"] for r in steps) + 1)) - {r["step"] for r in steps})
+            raise ZoftError(f"checkpoint.replay: {self.run_dir / 'metrics.jsonl'} lacks the records of steps "
+                            f"{', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}; every step's is needed",
+                            title="cannot replay")
+        for r in steps:
+            if r.get("proj_grad") is not None:  # a skipped step changed nothing
+                grads = r["proj_grad"] if isinstance(r["proj_grad"], list) else [r["proj_grad"]]
+                session.method.update(r["step"] - 1, grads, r["lr"])
+        metric = session.objective.metric
+        zero_shot = {r["split"]: r[metric] for r in records if r.get("split") and r["step"] == 0}
+        last = steps[-1] if steps else {"step": 0, "time_s": 0.0}
+        return last["step"], {"zero_shot": zero_shot, "elapsed_s": last["time_s"]}
+
     # ---- the loop ------------------------------------------------------------------------
     def run(self) -> dict:
         recipe = self.recipe
@@ -287,7 +313,12 @@ class Trainer:
             "lr_scale": 1.0, "rollbacks": 0, "loss_ema": None, "ema_steps": 0, "bad_steps": 0,
         }
         start = 0
-        if resume_from is not None:
+        if resume_from == REPLAY:
+            start, replayed = self._replay(session)
+            state.update(replayed)
+            self.metrics.truncate_after(start)
+            self.reporter.message(f"replayed the {start} logged steps of {self.run_dir / 'metrics.jsonl'}")
+        elif resume_from is not None:
             loaded = checkpoint.load(resume_from, session.params, session.method)
             start, state = loaded.step, {**state, **loaded.state}
             self.metrics.truncate_after(start)
