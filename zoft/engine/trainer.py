@@ -35,8 +35,8 @@ from zoft.models.params import trainable
 from zoft.tracking.metrics import MetricsLog, read_metrics
 
 # keys that shape the trajectory: a resumed run must not change them
-REPLAY = "replay"  # _prepare_run_dir: no checkpoint, but metrics.jsonl to replay (checkpoint.replay)
 FROZEN_ON_RESUME = ("run.seed", "model", "params", "data", "method", "optim", "train.batch_size")
+REPLAY = "replay"  # _prepare_run_dir: no checkpoint, but metrics.jsonl to replay (checkpoint.replay)
 
 
 class RunStopped(Exception):

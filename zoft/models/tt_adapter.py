@@ -1,9 +1,10 @@
 """AdaZeta's tensor-train adapters (`params.mode: tt_adapter`), in plain torch.
 
-A bottleneck adapter h + up(relu(down(h))) follows each layer's attention output and MLP output; `down` (hidden → adapter_dim) and `up` (back) exist only as tensor-train cores, so a ZO
-method perturbs a few thousand numbers per layer instead of millions. Both sides of a matrix are
-split into at most three balanced modes (`tt_modes`), which fits any hidden size, where AdaZeta's
-code hard-codes 4096 = 16·16·16. The adapters hook onto the frozen base's projections: the base
+A bottleneck adapter h + up(relu(down(h))) follows each layer's attention output and MLP output;
+`down` (hidden → adapter_dim) and `up` (back) exist only as tensor-train cores, so a ZO method
+perturbs a few thousand numbers per layer instead of millions. Both sides of a matrix are split
+into at most three balanced modes (`tt_modes`), which fits any hidden size, where AdaZeta's code
+hard-codes 4096 = 16·16·16. The adapters hook onto the frozen base's projections: the base
 keeps its own module names and weights, and only the adapters (and a classification head, which
 is new and so trains with them) are saved.
 """
@@ -19,10 +20,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from zoft.errors import ZoftError
+from zoft.models.params import is_classifier
 
 ATTENTION_OUT = ("o_proj", "out_proj", "attention.output.dense")  # LLaMA-style, OPT, BERT (paths within a layer)
 MLP_OUT = ("down_proj", "fc2", "output.dense")
-HEAD = ("classifier", "score")  # a sequence-classification head, new and so trained with the adapters
+HEAD = ("classifier", "score")  # the head of a sequence-classification model: new, so trained with the adapters
 WEIGHTS_FILE = "tt_adapter.safetensors"
 CONFIG_FILE = "tt_adapter_config.json"
 
@@ -154,7 +156,8 @@ class TTAdapterModel(nn.Module):
         super().__init__()
         self.base_model = base.requires_grad_(False)
         self.settings = {"adapter_dim": adapter_dim, "tt_rank": tt_rank}
-        self.head = [(n, p.requires_grad_(True)) for n, p in base.named_parameters() if n.split(".", 1)[0] in HEAD]
+        self.head = [(n, p.requires_grad_(True)) for n, p in base.named_parameters()
+                     if is_classifier(base) and n.split(".", 1)[0] in HEAD]
         device = next(base.parameters()).device
         sites = adapter_sites(base)
         self.adapters = nn.ModuleList(
@@ -198,5 +201,7 @@ def load_tt_adapter(base, folder) -> TTAdapterModel:
     model = TTAdapterModel(base, settings["adapter_dim"], settings["tt_rank"])
     tensors = load_file(folder / WEIGHTS_FILE)
     model.adapters.load_state_dict({n.removeprefix("adapters."): t for n, t in tensors.items() if n.startswith("adapters.")})
-    base.load_state_dict({n.removeprefix("head."): t for n, t in tensors.items() if n.startswith("head.")}, strict=False)
+    head = {n.removeprefix("head."): t for n, t in tensors.items() if n.startswith("head.")}
+    if unexpected := base.load_state_dict(head, strict=False).unexpected_keys:
+        raise ZoftError(f"{folder / WEIGHTS_FILE}: head tensors {unexpected[:3]} are not in {type(base).__name__}")
     return model.requires_grad_(False)
