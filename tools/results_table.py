@@ -25,6 +25,9 @@ from pathlib import Path
 
 import yaml
 
+from zoft.data.tasks import TASKS
+from zoft.tracking.metrics import read_metrics
+
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "recipes" / "results" / "_table.yaml"
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
@@ -103,9 +106,9 @@ def launch(cell: Cell, gpu: str, output: Path, args) -> subprocess.Popen:
     if gpu:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     cmd = [sys.executable, "-m", *cell.command(output, extra)]
-    log = open(output / f"{cell.name}.log", "a")
     print(f"{time.strftime('%H:%M:%S')} start {cell.name} on gpu {gpu or '-'}", flush=True)
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(output / f"{cell.name}.log", "a") as log:  # the child keeps its own copy of the handle
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def stop(running: dict) -> None:
@@ -135,8 +138,7 @@ def status(args, table: dict) -> None:
 
 # ---- report ----------------------------------------------------------------------------------
 def records(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
 
 
 def evaluations(rows: list[dict], metric: str) -> dict[int, tuple[float, float]]:
@@ -162,7 +164,7 @@ def read_at(rows: list[dict], metric: str, budget: int) -> dict | None:
 
 def metric_of(model: str, column: str, table: dict) -> str:
     keys = dict(k.split("=", 1) for k in table["models"][model]["columns"][column])
-    return "f1" if keys.get("data.task") == "squad" else "accuracy"
+    return TASKS.get(keys["data.task"], "data.task").metric
 
 
 def report(table: dict, output: Path, docs: Path) -> None:
