@@ -110,3 +110,50 @@ def test_a_checkpoint_evaluates_with_its_factor_space_terms(tiny):
 def test_recipes_asking_for_what_the_functional_path_cannot_do_are_refused(tiny):
     with pytest.raises(ZoftError, match="optim.weight_decay"):
         session_for(tiny, {"name": "tezo", "path": "functional"}, {"lr": 1e-3, "weight_decay": 0.1})
+
+
+@pytest.mark.parametrize("variant", ["lozo-m", "tezo-adam"])
+def test_switching_paths_mid_run_keeps_the_effective_weights(tiny, variant):
+    """use_path: leaving the functional path merges its factor-space terms into W, coming back
+    starts fresh accumulators; the model computes the same function throughout."""
+    session, loss_fn = session_for(tiny, *VARIANTS[variant], path="functional", paired_forward="never")
+    method = session.method
+    for step in range(3):
+        method.step(loss_fn, step, method.optim.lr)
+    assert method.deltas() and int(method.state_dict()["path"]) == 1
+    before = effective_weights(session)
+    with torch.no_grad():
+        loss = float(loss_fn())
+    method.use_path("inplace")
+    assert method.functional is None and not method.deltas() and int(method.state_dict()["path"]) == 0
+    for name, w in effective_weights(session).items():
+        torch.testing.assert_close(w, before[name], rtol=1e-5, atol=1e-6, msg=name)
+    with torch.no_grad():
+        assert float(loss_fn()) == pytest.approx(loss, rel=1e-5)  # no hooks left: W itself holds the terms
+    method.step(loss_fn, 3, method.optim.lr)
+    method.use_path("functional")
+    method.step(loss_fn, 4, method.optim.lr)
+    assert method.deltas() and int(method.state_dict()["path"]) == 1
+
+
+def test_auto_times_both_paths_on_the_first_batch_and_a_resume_keeps_the_choice(tiny):
+    """What method.path=auto does on a GPU, driven on CPU: the trainer times an estimate on each
+    path, logs both, goes on with the faster, and a resumed run reads the choice back."""
+    from zoft.engine.trainer import Batcher, Trainer
+    from zoft.tracking.metrics import read_metrics
+
+    tiny["method"] = {**VARIANTS["lozo"][0], "eps": 1e-3, "path": "functional"}
+    trainer = Trainer(recipe_from_dict(tiny))
+    trainer._prepare_run_dir()
+    session = build_session(trainer.recipe)
+    session.method.path_state.fill_(-1)  # as `auto` leaves it on a GPU
+    assert session.method.paths() == ["functional", "inplace"]
+    trainer._choose_path(session, Batcher(session.train, 4, 0), 0)
+    event = [r for r in read_metrics(run_dir(tiny) / "metrics.jsonl") if r.get("event") == "path"][0]
+    assert event["path"] == min(("functional", "inplace"), key=lambda p: event[f"{p}_ms"])
+    assert (session.method.functional is not None) == (event["path"] == "functional")
+    assert session.method.paths() == []  # chosen once
+    state = {k: v.clone() for k, v in session.method.state_dict().items()}
+    fresh = build_session(trainer.recipe).method  # a resumed run's method, built with the recipe's path
+    fresh.load_state_dict(state)
+    assert (fresh.functional is not None) == (event["path"] == "functional") and fresh.paths() == []

@@ -85,7 +85,8 @@ class LowRankConfig(FixedQueries):
         "auto",
         "inplace: W += ±εABᵀ with addmm_; functional: W is never written during a step, hooks add "
         "(xB)(A_acc ± εA)ᵀ to layer outputs and updates accumulate in factor space (needed over a "
-        "quantized base); auto = functional on a GPU when every matrix is an nn.Linear or nn.Embedding weight",
+        "quantized base); auto = on a GPU, the faster of the two, timed on the first batch (functional over a "
+        "quantized base; in place on a CPU or where the functional path does not apply)",
     )
     paired_forward: Literal["auto", "always", "never"] = knob(
         "auto",

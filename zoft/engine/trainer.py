@@ -343,6 +343,8 @@ class Trainer:
     def _loop(self, session: Session, state: dict, step: int) -> None:
         recipe = self.recipe
         batcher = Batcher(session.train, recipe.train.batch_size, recipe.run.seed)
+        if session.method.paths() and step < recipe.train.max_steps:
+            self._choose_path(session, batcher, step)
         self.reporter.start(recipe.train.max_steps, step)
         while step < recipe.train.max_steps:
             record = self._train_step(session, batcher, step, state)
@@ -359,6 +361,31 @@ class Trainer:
                 folder = self._save(session, done, state)
                 raise Interrupted(done, folder)
             step = done
+
+    def _choose_path(self, session: Session, batcher: Batcher, step: int, repeats: int = 2) -> None:
+        """`method.path: auto` on a GPU: time a step's estimate (which leaves the weights as they
+        were) on each path with the first batch, after a warm-up, and go on with the faster one.
+        Ranks average their times, so that all of them choose the same path."""
+        method = session.method
+        batch = session.objective.train_batch(self.world.shard(batcher.batch(step)), session.pad_id).to(session.device)
+        loss = BatchLoss(session.objective, session.model, batch, self.world.mean)
+        times = {}
+        for path in method.paths():
+            method.use_path(path)
+            method.estimate(loss, step)
+            if session.device.type == "cuda":
+                torch.cuda.synchronize(session.device)
+            began = time.perf_counter()
+            for _ in range(repeats):
+                method.estimate(loss, step)
+            if session.device.type == "cuda":
+                torch.cuda.synchronize(session.device)
+            elapsed = torch.tensor([(time.perf_counter() - began) / repeats], device=session.device)
+            times[path] = float(self.world.mean(elapsed))
+        best = min(times, key=times.get)
+        method.use_path(best)
+        self.metrics.write({"step": step, "event": "path", "path": best, **{f"{p}_ms": round(1e3 * t, 1) for p, t in times.items()}})
+        self.reporter.message("method.path auto: " + ", ".join(f"{p} {1e3 * t:.0f} ms" for p, t in times.items()) + f" an estimate; {best} it is")
 
     def _train_step(self, session: Session, batcher: Batcher, step: int, state: dict) -> dict:
         recipe = self.recipe

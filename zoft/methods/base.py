@@ -63,6 +63,13 @@ class Method(ABC):
     def close(self) -> None:
         """Take out of the model whatever the method put into it (hooks)."""
 
+    def paths(self) -> list[str]:
+        """Ways of computing a step between which a measurement should choose (none: nothing to choose)."""
+        return []
+
+    def use_path(self, path: str) -> None:
+        """Compute the following steps on `path`, one of `paths()`."""
+
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         own = self.state_dict()
         missing = set(own) - set(state)

@@ -34,14 +34,14 @@ class LowRankMethod(ZOMethod):
             for index, (name, p) in enumerate(self.params)
             if not self.is_dense(p)
         }
-        self.functional = self._choose_path()
         self._directions: tuple = (None, {})  # ((step, query), ε·A per hooked matrix)
         self.acc_period = torch.zeros((), dtype=torch.long)  # the basis period A_acc is expressed in
+        self.functional = self._choose_path()
         if self.functional is not None:
-            for index in sorted(self.functional.hooked):
-                w = self.like(index)
-                acc = torch.zeros(w.shape[0], self.rank(index), dtype=torch.float32, device=w.device)
-                self.functional.set_basis(index, self.basis_of(index, w, 0), acc)
+            self._start_accumulators()
+        # 1 functional, 0 in place, -1 to be measured (auto on a GPU): checkpointed, so a resume keeps it
+        measured = self.cfg.path == "auto" and self.functional is not None and not self.quantized
+        self.path_state = torch.tensor(-1 if measured else int(self.functional is not None))
 
     # ---- what each estimator says --------------------------------------------------------
     @abstractmethod
@@ -80,10 +80,38 @@ class LowRankMethod(ZOMethod):
         """1/r for estimators normalized to be unbiased (SPEC: lozo, tezo), else 1."""
         return 1.0 / self.rank(index) if getattr(self.cfg, "normalize", False) else 1.0
 
+    @property
+    def quantized(self) -> bool:
+        return any(is_quantized(self.params[i][1]) for i in self.ranks)
+
+    def _start_accumulators(self) -> None:
+        """Zero factor accumulators and the current period's bases on the functional path's hooks."""
+        for index in sorted(self.functional.hooked):
+            w = self.like(index)
+            acc = torch.zeros(w.shape[0], self.rank(index), dtype=torch.float32, device=w.device)
+            self.functional.set_basis(index, self.basis_of(index, w, int(self.acc_period)), acc)
+
+    def paths(self) -> list[str]:
+        """`method.path: auto` on a GPU: both paths apply, and the trainer times them on the first batch."""
+        return ["functional", "inplace"] if int(self.path_state) == -1 else []
+
+    def use_path(self, path: str) -> None:
+        """Compute steps on `path` from now on; leaving the functional path merges its terms into W."""
+        functional = path == "functional"
+        if functional != (self.functional is not None):
+            if self.functional is None:
+                self.functional = FunctionalPath(self.model, self.params, set(self.ranks))
+                self._start_accumulators()
+            else:
+                self.merge()
+                self.functional.close()
+                self.functional = None
+        self.path_state.fill_(int(functional))
+
     def _choose_path(self) -> FunctionalPath | None:
         """The functional path when `method.path` asks for it, or (auto) on a GPU where it applies."""
         choice, model = self.cfg.path, self.model
-        quantized = any(is_quantized(self.params[i][1]) for i in self.ranks)
+        quantized = self.quantized
         if quantized and (choice == "inplace" or model is None):
             raise ZoftError("method.path: a quantized base cannot be written in place; use method.path=functional (or auto)")
         if choice == "inplace" or model is None:
@@ -243,7 +271,7 @@ class LowRankMethod(ZOMethod):
         return out
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        state = super().state_dict()
+        state = super().state_dict() | {"path": self.path_state}
         if self.functional is not None:
             state |= {f"acc.{self.params[i][0]}": self.functional.acc[i] for i in sorted(self.functional.hooked)}
             state["acc.period"] = self.acc_period
@@ -254,6 +282,8 @@ class LowRankMethod(ZOMethod):
         return state
 
     def load_state_dict(self, state):
+        if "path" in state and int(state["path"]) >= 0:  # the path the run had chosen
+            self.use_path("functional" if int(state["path"]) else "inplace")
         if self.functional is not None:
             self.functional.frozen = {
                 index: [(state[f"frozen.A.{name}"].to(p.device), state[f"frozen.B.{name}"].to(p.device))]
