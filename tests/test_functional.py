@@ -157,3 +157,23 @@ def test_auto_times_both_paths_on_the_first_batch_and_a_resume_keeps_the_choice(
     fresh = build_session(trainer.recipe).method  # a resumed run's method, built with the recipe's path
     fresh.load_state_dict(state)
     assert (fresh.functional is not None) == (event["path"] == "functional") and fresh.paths() == []
+
+
+def test_replay_follows_the_path_the_run_logged(tiny):
+    """A replayed run takes the path its metrics.jsonl says `auto` chose, instead of timing anew."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file
+
+    tiny["method"] = {**VARIANTS["lozo"][0], "eps": 1e-3, "path": "functional"}
+    tiny["train"]["max_steps"] = 3
+    train(tiny)
+    metrics = run_dir(tiny) / "metrics.jsonl"
+    metrics.write_text(json.dumps({"step": 0, "event": "path", "path": "inplace"}) + "\n" + metrics.read_text())
+    shutil.rmtree(run_dir(tiny) / "checkpoints")
+    tiny["train"]["max_steps"] = 5
+    tiny["checkpoint"].update(resume="auto", replay=True)
+    train(tiny)
+    state = load_file(run_dir(tiny) / "checkpoints" / "step_0000005" / "method.safetensors")
+    assert int(state["path"]) == 0 and not any(k.startswith("acc.") for k in state)

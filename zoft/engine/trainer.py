@@ -294,6 +294,9 @@ class Trainer:
             raise ZoftError(f"checkpoint.replay: {self.run_dir / 'metrics.jsonl'} lacks the records of steps "
                             f"{', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}; every step's is needed",
                             title="cannot replay")
+        for r in records:
+            if r.get("event") == "path":  # the path `method.path: auto` chose: replay on it, no new timing
+                session.method.use_path(r["path"])
         for r in steps:
             if r.get("proj_grad") is not None:  # a skipped step changed nothing
                 grads = r["proj_grad"] if isinstance(r["proj_grad"], list) else [r["proj_grad"]]
@@ -364,8 +367,9 @@ class Trainer:
 
     def _choose_path(self, session: Session, batcher: Batcher, step: int, repeats: int = 2) -> None:
         """`method.path: auto` on a GPU: time a step's estimate (which leaves the weights as they
-        were) on each path with the first batch, after a warm-up, and go on with the faster one.
-        Ranks average their times, so that all of them choose the same path."""
+        were, up to the rounding of in-place restores) on each path with the first batch, after a
+        warm-up, and go on with the faster one. Ranks average their times, so that all of them
+        choose the same path."""
         method = session.method
         batch = session.objective.train_batch(self.world.shard(batcher.batch(step)), session.pad_id).to(session.device)
         loss = BatchLoss(session.objective, session.model, batch, self.world.mean)
