@@ -67,3 +67,24 @@ def test_report_reads_every_zo_cell_at_the_budget_all_of_them_reached(tmp_path):
     assert (docs.parent / "img" / "results-m-sst2.png").stat().st_size > 0
     results_table.report(table, runs, docs)  # a second report replaces its section
     assert docs.read_text().count(results_table.START) == 1
+
+
+def test_pack_carries_the_records_without_the_weights_in_parts(tmp_path):
+    import argparse
+    import io
+    import tarfile
+
+    table = {"models": {"m": {"recipe": "r.yaml", "columns": {"sst2": ["data.task=sst2"]}, "rows": {"mezo": {"kind": "zo", "keys": []}}}}}
+    runs = tmp_path / "runs"
+    write_run(runs, "m-mezo-sst2", {500: (0.6, 0.61)}, 2000)
+    (runs / "m-mezo-sst2" / "checkpoints" / "best").mkdir(parents=True)
+    (runs / "m-mezo-sst2" / "checkpoints" / "best" / "trainable.safetensors").write_bytes(b"w" * 1000)
+    (runs / "m-mezo-sst2.log").write_text("step 1\n")
+    results_table.pack(argparse.Namespace(output=str(runs), to=str(tmp_path / "rec"), part_mb=0.01), table)
+    parts = sorted(tmp_path.glob("rec.part*"))
+    assert len(parts) > 1 and all(p.stat().st_size <= 10_000 for p in parts)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts))) as tar:
+        names = tar.getnames()
+        metrics = tar.extractfile("m-mezo-sst2/metrics.jsonl").read()
+    assert "m-mezo-sst2.log" in names and not any("checkpoints" in n for n in names)
+    assert metrics == (runs / "m-mezo-sst2" / "metrics.jsonl").read_bytes()  # every step, for a replay

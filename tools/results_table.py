@@ -3,6 +3,7 @@
     python tools/results_table.py list                      # the command of every cell
     python tools/results_table.py run [--gpus 0,1] [--per-gpu 4] [--deadline-min 60] [--only GLOB]
     python tools/results_table.py status                    # where each cell is
+    python tools/results_table.py pack --to /out/records    # the records without weights, to carry away
     python tools/results_table.py report                    # table + loss curves into docs/
 
 `run` starts each cell as its own `zoft` process (several per GPU when they are launch-bound),
@@ -136,6 +137,27 @@ def status(args, table: dict) -> None:
         print(f"{cell.name:32} {state:8} step {last:6d} {scores}")
 
 
+def pack(args, table: dict) -> None:
+    """The cells' run records without their weights (config, metrics of every step, evaluations,
+    logs) as a .tar.gz in parts of at most --part-mb MB: small enough to carry off a GPU machine,
+    and all a later `run --set checkpoint.replay=true` needs to go on (docs/train.md)."""
+    import io
+    import tarfile
+
+    output, buffer = Path(args.output), io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for cell in cells(table):
+            run = output / cell.name
+            for path in [output / f"{cell.name}.log", *(p for p in run.rglob("*") if "checkpoints" not in p.parts)]:
+                if path.is_file():
+                    tar.add(path, arcname=str(path.relative_to(output)))
+    data, size = buffer.getvalue(), int(args.part_mb * 1e6)
+    parts = [data[i:i + size] for i in range(0, len(data), size)] or [b""]
+    for index, part in enumerate(parts):
+        Path(f"{args.to}.part{index:02d}").write_bytes(part)
+    print(f"{len(data) / 1e6:.1f} MB in {len(parts)} parts: {args.to}.part00 ... (cat them, then tar xzf - -C {output})")
+
+
 # ---- report ----------------------------------------------------------------------------------
 def records(run: Path) -> list[dict]:
     return read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
@@ -256,7 +278,7 @@ def plot(model: str, column: str, runs: dict[str, list[dict]], path: Path) -> No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["list", "run", "status", "report"])
+    parser.add_argument("action", choices=["list", "run", "status", "pack", "report"])
     parser.add_argument("--output", default="runs/results", help="folder of the cells' run directories")
     parser.add_argument("--gpus", default="", help="comma-separated GPU indices; empty: the default device")
     parser.add_argument("--per-gpu", type=int, default=1, help="cells run at once on each GPU")
@@ -264,6 +286,8 @@ def main() -> None:
     parser.add_argument("--only", default="*", help="glob over model/row/column, e.g. 'smollm2/*/sst2'")
     parser.add_argument("--model", action="append", default=[], help="NAME=PATH: load model NAME from PATH")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE added to every cell (a quick try: train.max_steps=20)")
+    parser.add_argument("--to", default="results-records.tar.gz", help="pack: the parts' path prefix")
+    parser.add_argument("--part-mb", type=float, default=15.0, help="pack: the largest part, in MB")
     args = parser.parse_args()
     table = yaml.safe_load(TABLE.read_text())
     if args.action == "list":
@@ -273,6 +297,8 @@ def main() -> None:
         run(args, table)
     elif args.action == "status":
         status(args, table)
+    elif args.action == "pack":
+        pack(args, table)
     else:
         report(table, Path(args.output), ROOT / "docs" / "results.md")
 
