@@ -21,7 +21,7 @@ def test_every_cell_of_the_table_is_a_valid_recipe(shared_data, monkeypatch):
     monkeypatch.chdir(ROOT)
     table = yaml.safe_load(results_table.TABLE.read_text())
     cells = results_table.cells(table)
-    assert len(cells) == 82
+    assert len(cells) == 82 and len({c.name for c in cells}) == 82
     for cell in cells:
         _, _, recipe, *keys = cell.command(Path("runs/results"))
         tiny = {"smollm2": ["model.name_or_path=tiny:llama-16x1", "~model.gguf_file"], "minilm": ["model.name_or_path=tiny:bert-16x1"]}
@@ -44,6 +44,7 @@ def test_report_reads_every_zo_cell_at_the_budget_all_of_them_reached(tmp_path):
         "lozo": {"kind": "zo", "keys": []},
         "adazeta": {"kind": "zo", "own_budget": True, "keys": []},
         "fo": {"kind": "fo", "keys": []},
+        "tezo": {"kind": "zo", "keys": [], "lrs": [1e-3, 1e-2]},  # a grid: the best dev of its rates
     }}}}
     runs = tmp_path / "runs"
     # mezo's best dev is at 1500, beyond lozo's last evaluation (1000): it is read at 1000
@@ -51,6 +52,8 @@ def test_report_reads_every_zo_cell_at_the_budget_all_of_them_reached(tmp_path):
     write_run(runs, "m-lozo-sst2", {500: (0.8, 0.81), 1000: (0.8, 0.5)}, 1000)  # a tie: the earlier step
     write_run(runs, "m-adazeta-sst2", {500: (0.6, 0.66)}, 600)  # its own budget, not the column's
     write_run(runs, "m-fo-sst2", {125: (0.9, 0.92)}, 125)
+    write_run(runs, "m-tezo-sst2-lr0.001", {500: (0.6, 0.9), 1000: (0.65, 0.9)}, 1000)
+    write_run(runs, "m-tezo-sst2-lr0.01", {500: (0.7, 0.77), 1000: (0.75, 0.78), 1500: (0.99, 0.99)}, 1500)
     (runs / "m-zero-shot-sst2" / "eval").mkdir(parents=True)
     (runs / "m-zero-shot-sst2" / "eval" / "sst2_test_none.json").write_text(json.dumps({"accuracy": 0.5}))
     docs = tmp_path / "docs" / "results.md"
@@ -63,6 +66,7 @@ def test_report_reads_every_zo_cell_at_the_budget_all_of_them_reached(tmp_path):
     assert rows["lozo"].startswith("81.0 · 1,000 st")
     assert rows["adazeta"].startswith("66.0 · 500 st")
     assert rows["fo"].startswith("92.0 · 125 st")
+    assert rows["tezo"].startswith("78.0 · 1,000 st") and rows["tezo"].endswith("lr 0.01")
     assert rows["zero-shot"] == "50.0"
     assert (docs.parent / "img" / "results-m-sst2.png").stat().st_size > 0
     results_table.report(table, runs, docs)  # a second report replaces its section

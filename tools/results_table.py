@@ -42,22 +42,26 @@ class Cell:
     kind: str  # eval | zo | fo
     recipe: str
     keys: list[str]
+    lr: float | None = None  # one point of the row's learning-rate grid (`lrs`), if it has one
 
     @property
     def name(self) -> str:
-        return f"{self.model}-{self.row}-{self.column}"
+        return f"{self.model}-{self.row}-{self.column}" + (f"-lr{self.lr:g}" if self.lr is not None else "")
 
     def command(self, output: Path, extra: list[str] = ()) -> list[str]:
         verb = "eval" if self.kind == "eval" else "train"
-        return ["zoft", verb, self.recipe, *self.keys, f"run.output_dir={output}", f"run.name={self.name}", *extra]
+        lr = [f"optim.lr={self.lr:g}"] if self.lr is not None else []
+        return ["zoft", verb, self.recipe, *self.keys, *lr, f"run.output_dir={output}", f"run.name={self.name}", *extra]
 
 
 def cells(table: dict) -> list[Cell]:
+    """Every cell, one per learning rate of a row's `lrs` grid (MeZO: the best dev over the grid)."""
     return [
-        Cell(model, row, column, spec["kind"], m["recipe"], [*ckeys, *spec["keys"]])
+        Cell(model, row, column, spec["kind"], m["recipe"], [*ckeys, *spec["keys"]], lr)
         for model, m in table["models"].items()
         for row, spec in m["rows"].items()
         for column, ckeys in m["columns"].items()
+        for lr in spec.get("lrs", [None])
     ]
 
 
@@ -178,7 +182,7 @@ def read_at(rows: list[dict], metric: str, budget: int) -> dict | None:
     best = max(evals, key=lambda s: (evals[s][0], -s))  # ties: the earlier step
     steps = [r for r in rows if "split" not in r and "step" in r and "loss" in r and r["step"] <= budget]
     return {
-        "test": evals[best][1], "best_step": best, "steps": budget,
+        "dev": evals[best][0], "test": evals[best][1], "best_step": best, "steps": budget,
         "time_s": max((r["time_s"] for r in steps), default=0.0),
         "mem_gib": max((r["mem_gib"] for r in steps), default=0.0),
     }
@@ -192,31 +196,31 @@ def metric_of(model: str, column: str, table: dict) -> str:
 def report(table: dict, output: Path, docs: Path) -> None:
     """The tables into `docs` (between its markers) and a loss-curve PNG per column into docs/img."""
     lines, curves = [], {}
+    all_cells = cells(table)
     for model, m in table["models"].items():
         columns = list(m["columns"])
         results, budgets = {}, {}
         for column in columns:
             metric = metric_of(model, column, table)
-            reached = {}
-            for row, spec in m["rows"].items():
-                if spec["kind"] == "zo":
-                    evals = evaluations(records(output / f"{model}-{row}-{column}"), metric)
-                    if evals:
-                        reached[row] = max(evals)
-            same = [s for row, s in reached.items() if not m["rows"][row].get("own_budget")]
+            here = [c for c in all_cells if c.model == model and c.column == column]
+            runs = {c.name: records(output / c.name) for c in here}
+            same = [max(evals) for c in here if c.kind == "zo" and not m["rows"][c.row].get("own_budget")
+                    and (evals := evaluations(runs[c.name], metric))]
             budgets[column] = min(same) if same else 0
             for row, spec in m["rows"].items():
-                run = output / f"{model}-{row}-{column}"
+                grid = [c for c in here if c.row == row]
                 if spec["kind"] == "eval":
-                    results[row, column] = eval_score(run, metric)
+                    results[row, column] = eval_score(output / grid[0].name, metric)
                     continue
-                rows = records(run)
-                if spec["kind"] == "fo" or spec.get("own_budget"):
-                    budget = max(evaluations(rows, metric), default=0)
-                else:
-                    budget = budgets[column]
-                results[row, column] = read_at(rows, metric, budget)
-                curves.setdefault((model, column), {})[row] = rows
+                read = {}
+                for c in grid:
+                    own = spec["kind"] == "fo" or spec.get("own_budget")
+                    budget = max(evaluations(runs[c.name], metric), default=0) if own else budgets[column]
+                    if (r := read_at(runs[c.name], metric, budget)) is not None:
+                        read[c.name] = {**r, "lr": c.lr}
+                best = max(read, key=lambda name: read[name]["dev"], default=grid[0].name)  # ties: the first rate
+                results[row, column] = read.get(best)
+                curves.setdefault((model, column), {})[row] = runs[best]
         lines += table_lines(model, m, columns, results, budgets)
     write_docs(docs, "\n".join(lines))
     for (model, column), runs in curves.items():
@@ -240,7 +244,8 @@ def table_lines(model: str, m: dict, columns: list[str], results: dict, budgets:
             elif "time_s" not in r:
                 cells_.append(f"{100 * r['test']:.1f}")
             else:
-                cells_.append(f"{100 * r['test']:.1f} · {r['steps']:,} st · {r['time_s'] / 60:.1f} min · {r['mem_gib']:.2f} GiB")
+                lr = f" · lr {r['lr']:g}" if r.get("lr") is not None else ""
+                cells_.append(f"{100 * r['test']:.1f} · {r['steps']:,} st · {r['time_s'] / 60:.1f} min · {r['mem_gib']:.2f} GiB{lr}")
         out.append(f"| {row} | " + " | ".join(cells_) + " |")
     return out + [""]
 
