@@ -269,6 +269,18 @@ def test_fuzzed_recipes_either_work_or_exit_2_naming_the_key_or_file(tiny, tmp_p
         assert any(word in result.output for word in named), (mutations, result.output)
 
 
+@pytest.mark.parametrize("key", ["method.n_queries", "method.max_queries"])
+def test_an_absurd_query_count_is_refused_before_anything_is_allocated(tiny, tmp_path, key):
+    """The fuzzer's find: n_queries 6007631511 reached the estimator and raised MemoryError."""
+    leaf = key.split(".")[1]
+    tiny["method"] = {"name": "mezo" if leaf == "n_queries" else "adazeta", leaf: 6007631511}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny))
+    result = CliRunner().invoke(app, ["train", str(path), "--dry-run"])
+    assert result.exit_code == 2, result.output
+    assert f"{key}:" in result.output and "between 1 and 4096" in " ".join(result.output.split())
+
+
 def test_recipes_are_data_never_code(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.yaml"

@@ -64,12 +64,16 @@ def writes_quantized_weights(recipe: "Recipe") -> bool:
     return recipe.model.quantization != "none" and recipe.params.mode == "full"
 
 
+MAX_QUERIES = 4096  # each query is two forward passes a step; beyond this a number is a typo (and lists of it exhaust memory)
+
+
 @dataclass
 class FixedQueries(MethodConfig):
     n_queries: int = knob(1, "directions averaged per step (q)")
 
     def check(self, recipe):
-        return super().check(recipe) + ([] if self.n_queries >= 1 else ["method.n_queries: must be >= 1"])
+        ok = 1 <= self.n_queries <= MAX_QUERIES
+        return super().check(recipe) + ([] if ok else [f"method.n_queries: must be between 1 and {MAX_QUERIES}"])
 
 
 @METHOD_CONFIGS.register("mezo")
@@ -180,8 +184,8 @@ class AdazetaConfig(MethodConfig):
 
     def check(self, recipe):
         problems = super().check(recipe)
-        if self.max_queries < 1 or self.target_queries < 1:
-            problems.append("method.max_queries: max_queries and target_queries must be >= 1")
+        if not (1 <= self.max_queries <= MAX_QUERIES and self.target_queries >= 1):
+            problems.append(f"method.max_queries: max_queries must be between 1 and {MAX_QUERIES}, target_queries >= 1")
         if self.query_shrink <= 0:
             problems.append("method.query_shrink: must be > 0")
         return problems
