@@ -212,9 +212,8 @@ def report(table: dict, output: Path, docs: Path) -> None:
                 if spec["kind"] == "eval":
                     results[row, column] = eval_score(output / grid[0].name, metric)
                     continue
-                read = {}
+                read, own = {}, spec["kind"] == "fo" or spec.get("own_budget")
                 for c in grid:
-                    own = spec["kind"] == "fo" or spec.get("own_budget")
                     budget = max(evaluations(runs[c.name], metric), default=0) if own else budgets[column]
                     if (r := read_at(runs[c.name], metric, budget)) is not None:
                         read[c.name] = {**r, "lr": c.lr}
