@@ -10,7 +10,6 @@ import torch
 
 from zoft.analysis.rank import TemporalSketch, normalized_spectrum, subspace_overlap, threshold_rank, top_subspace
 from zoft.config.schema import Recipe
-from zoft.engine.objective import BatchLoss
 from zoft.engine.trainer import Batcher, build_session
 from zoft.errors import ZoftError
 
@@ -63,8 +62,7 @@ def study(recipe: Recipe, steps: int, layers: str | None, top_k: int, threshold:
     optimizer = torch.optim.AdamW(weights, lr=recipe.optim.lr, weight_decay=0.0) if train == "fo" else None
     batcher = Batcher(session.train, recipe.train.batch_size, recipe.run.seed)
     for step in range(steps):
-        batch = session.objective.train_batch(batcher.batch(step), session.pad_id).to(session.device)
-        loss_fn = BatchLoss(session.objective, session.model, batch)
+        loss_fn = session.batch_loss(batcher.batch(step))
         for p in weights:
             p.requires_grad_(True)
         with torch.enable_grad():

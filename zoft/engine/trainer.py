@@ -81,6 +81,11 @@ class Session:
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id
 
+    def batch_loss(self, items: list[Encoded], reduce=lambda t: t) -> BatchLoss:
+        """The training loss of `items` as one batch on the model's device (`reduce`: over ranks)."""
+        batch = self.objective.train_batch(items, self.pad_id).to(self.device)
+        return BatchLoss(self.objective, self.model, batch, reduce)
+
 
 def prepare_model(recipe: Recipe, seed: int, num_labels: int = 0):
     """(model, tokenizer, trained tensors) as the recipe's model and params sections say."""
@@ -145,9 +150,7 @@ def run_dir_of(recipe: Recipe) -> Path:
 def dry_run(recipe: Recipe) -> dict:
     """Build everything and run one ±ε forward pair on the first batch; write nothing."""
     session = build_session(recipe)
-    items = Batcher(session.train, recipe.train.batch_size, recipe.run.seed).batch(0)
-    batch = session.objective.train_batch(items, session.pad_id).to(session.device)
-    loss_fn = BatchLoss(session.objective, session.model, batch)
+    loss_fn = session.batch_loss(Batcher(session.train, recipe.train.batch_size, recipe.run.seed).batch(0))
     if isinstance(session.method, ZOMethod):
         result = session.method.estimate(loss_fn, 0)  # perturbs and restores: no update
         loss, grads = result.loss, result.grads
@@ -371,8 +374,7 @@ class Trainer:
         warm-up, and go on with the faster one. Ranks average their times, so that all of them
         choose the same path."""
         method = session.method
-        batch = session.objective.train_batch(self.world.shard(batcher.batch(step)), session.pad_id).to(session.device)
-        loss = BatchLoss(session.objective, session.model, batch, self.world.mean)
+        loss = session.batch_loss(self.world.shard(batcher.batch(step)), self.world.mean)
         times = {}
         for path in method.paths():
             method.use_path(path)
@@ -394,13 +396,11 @@ class Trainer:
     def _train_step(self, session: Session, batcher: Batcher, step: int, state: dict) -> dict:
         recipe = self.recipe
         spread = self.world.size > 1 and recipe.train.spread_queries
-        items = batcher.batch(step) if spread else self.world.shard(batcher.batch(step))
-        batch = session.objective.train_batch(items, session.pad_id).to(session.device)
         lr = lr_at(step, recipe.optim, recipe.train.max_steps) * state["lr_scale"]
         if spread:  # each rank: its queries on the whole batch; one all-reduce of q numbers
-            result = session.method.step(BatchLoss(session.objective, session.model, batch), step, lr, queries=self.world)
+            result = session.method.step(session.batch_loss(batcher.batch(step)), step, lr, queries=self.world)
         else:  # each rank: its share of the batch; one all-reduce of a scalar (or pair) per pass
-            result = session.method.step(BatchLoss(session.objective, session.model, batch, self.world.mean), step, lr)
+            result = session.method.step(session.batch_loss(self.world.shard(batcher.batch(step)), self.world.mean), step, lr)
         record = {
             "step": step + 1,
             "loss": result.loss if result.finite else None,
@@ -489,12 +489,12 @@ class Trainer:
             ], title="out of memory") from None
 
     def _track_best(self, session: Session, state: dict, step: int) -> None:
-        score = self._evaluate(session, "dev", step)[session.objective.metric]
+        metric = session.objective.metric
+        score = self._evaluate(session, "dev", step)[metric]
         state["last_dev_step"] = step
-        if self.recipe.eval.test_each and session.test:
-            self._evaluate(session, "test", step)
+        test = self._evaluate(session, "test", step)[metric] if self.recipe.eval.test_each and session.test else None
         if state["best_dev"] is None or score > state["best_dev"]:
-            state["best_dev"], state["best_step"] = score, step
+            state["best_dev"], state["best_step"], state["best_test"] = score, step, test
             self._save(session, step, state, name="best")
 
     def _finish(self, session: Session, state: dict) -> dict:
@@ -509,8 +509,10 @@ class Trainer:
         if (best / checkpoint.DONE).is_file():  # score and keep the weights that did best on dev
             checkpoint.load(best, session.params, session.method)
         test = None
-        if recipe.eval.test and session.test:
-            test = self._evaluate(session, "test", state["best_step"] or steps)[session.objective.metric]
+        if recipe.eval.test and session.test:  # with eval.test_each, the best step's test is already scored
+            test = state.get("best_test")
+            if test is None:
+                test = self._evaluate(session, "test", state["best_step"] or steps)[session.objective.metric]
         session.method.merge()  # terms still in factor space go into the weights before saving
         if recipe.checkpoint.save_final and self.world.is_main:
             session.model.save_pretrained(self.run_dir / "model")
