@@ -55,7 +55,8 @@ def estimates(recipe: Recipe, variants: list[str], batch: int, seq: int) -> dict
         rank = getattr(cfg, "rank", 2)
         if isinstance(rank, str):  # a rank file: its default rank stands for every layer
             rank = load_rank_file(rank)["default"]
-        # the path the measurement will take: auto is functional on a GPU or over a quantized base
+        # the path the measurement takes: auto starts on the functional path on a GPU (and stays
+        # there here: only the trainer times the two), or over a quantized base
         functional = getattr(cfg, "path", "inplace") != "inplace"
         out[variant] = estimate(shape, name, optimizer, rank, functional)
     return out
