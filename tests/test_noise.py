@@ -80,3 +80,21 @@ def test_triton_noise_without_a_gpu_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(noise, "_kernel", lambda: None)
     with pytest.raises(ZoftError, match="method.noise"):
         make("mezo", fresh_params(), noise="triton")
+
+
+def test_one_launch_over_many_tensors_adds_what_one_launch_each_adds():
+    """The many-tensor kernel gives every tensor the z of its own key, bit for bit (tails, dtypes, torch leftovers)."""
+    from zoft.engine.noise import add_gaussian_many_
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    shapes = [(5000,), (64, 130), (3, 4097), (10,)]
+    tensors = [torch.randn(s, device=device) for s in shapes] + [torch.randn(7000, device=device).bfloat16()]
+    tensors.append(torch.randn(40, 30, device=device).T)  # not contiguous: the torch path, its own stream
+    keys = [(1, 2, 3, i, 0) for i in range(len(tensors))]
+    one_each, together = [t.clone() for t in tensors], [t.clone() for t in tensors]
+    for t, k in zip(one_each, keys):
+        add_gaussian_(t, 0.5, k, "triton")
+    add_gaussian_many_(together, 0.5, keys, "triton")
+    for a, b, t in zip(one_each, together, tensors):
+        assert torch.equal(a, b)
+        assert not torch.equal(b, t)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from zoft.data.tasks import Example
-from zoft.engine.objective import OBJECTIVES, candidate_scores, collate, encode
+from zoft.engine.objective import OBJECTIVES, Encoded, candidate_scores, collate, encode
 from zoft.models.tiny import build_tiny
 
 
@@ -81,3 +81,31 @@ def test_choice_eval_loss_from_one_forward_equals_the_gold_token_training_loss()
         scores = candidate_scores(model, collate(items, tok.pad_token_id))
     assert loss == pytest.approx(float(expected), rel=1e-6)
     assert right == int((scores.argmax(-1) == torch.tensor([0, 1, 1])).sum())
+
+
+@pytest.mark.parametrize("arch, kind", [("tiny:llama-16x2", "classify"), ("tiny:opt-16x2", "choice"), ("tiny:bert-16x2", "encoder")])
+def test_padding_a_batch_further_leaves_its_loss_as_it_was(arch, kind):
+    """CUDA graphs round a batch's length up to a bucket: the extra masked tokens change nothing."""
+    model, tok = build_tiny(arch, seed=1, num_labels=2 if kind == "encoder" else 0)
+    model.eval()
+    examples = [
+        Example("the plot was dull . It was", (" terrible", " great"), 0),
+        Example("a longer sentence about a film that we saw . It was", (" terrible", " great but long"), 1),
+    ]
+    objective = OBJECTIVES[kind]
+    batch = objective.train_batch(encode(tok, examples, 64, kind), tok.pad_token_id)
+    wider = batch.padded_to(batch.input_ids.shape[1] + 13)
+    assert wider.input_ids.shape[1] == batch.input_ids.shape[1] + 13
+    with torch.no_grad():
+        torch.testing.assert_close(objective.loss(model, wider), objective.loss(model, batch), rtol=1e-5, atol=1e-6)
+
+
+def test_candidate_scores_place_each_row_under_its_example_when_counts_differ():
+    """scores_of finds a row by counting the candidates before it (no boolean indexing, so a graph can hold it)."""
+    from zoft.engine.objective import scores_of
+
+    items = [Encoded((1,), ((2,), (3,), (4,)), 0), Encoded((1,), ((2,),), 0), Encoded((1,), ((5,), (6,)), 1)]
+    batch = collate(items, 0)
+    sums, counts = torch.arange(1.0, 7.0), torch.tensor([1.0, 1, 1, 1, 2, 2])
+    expected = torch.tensor([[1, 2, 3], [4, -torch.inf, -torch.inf], [2.5, 3, -torch.inf]])
+    torch.testing.assert_close(scores_of(sums, counts, batch), expected)

@@ -89,6 +89,12 @@ class TrainConfig:
     max_steps: int = knob(1000, "optimizer steps")
     batch_size: int = knob(16, "examples per step")
     spread_queries: bool = knob(False, "with torchrun: ranks split the step's queries (each on the whole batch) instead of the batch")
+    cuda_graphs: Literal["auto"] | bool = knob(
+        "auto",
+        "ZO steps on a GPU: replay each batch shape's loss from a CUDA graph (no per-kernel launch cost; "
+        "small models are launch-bound); auto = where the method's forward allows it, eager if recording fails; "
+        "true = stop if recording fails",
+    )
     max_bad_steps: int = knob(5, "stop after this many steps in a row with a non-finite loss or gradient (each is skipped)")
     divergence_factor: float | None = knob(None, "roll back to the last checkpoint when the loss exceeds this many times its running mean; null = off")
     max_rollbacks: int = knob(3, "stop after this many rollbacks")

@@ -51,6 +51,58 @@ def add_gaussian_(p: torch.Tensor, alpha: float, keys: tuple[int, ...], backend:
     p.add_(gaussian(tuple(p.shape), p, *keys), alpha=alpha)
 
 
+def add_gaussian_many_(tensors: list[torch.Tensor], alpha: float, keys: list[tuple[int, ...]], backend: str) -> None:
+    """`add_gaussian_(p, alpha, k, backend)` for every (p, k) of `tensors` and `keys`: the same
+    result, with one kernel launch per dtype for the tensors the kernel takes (a launch costs
+    more than a small tensor's pass: SmolLM2 has 211 matrices)."""
+    fused: dict[torch.dtype, list[int]] = {}
+    for i, p in enumerate(tensors):
+        if _fused(p, backend) and alpha:
+            fused.setdefault(p.dtype, []).append(i)
+        else:
+            add_gaussian_(p, alpha, keys[i], backend)
+    for members in fused.values():
+        chosen = [tensors[i] for i in members]
+        table = _block_table(tuple((p.data_ptr(), p.numel(), p.dtype, p.device) for p in chosen))
+        seeds = _seed_table(tuple(keys[i] for i in members), chosen[0].device)
+        _kernel_many()[(table.blocks,)](
+            table.addresses, table.sizes, seeds, table.tensor_of, table.block_of, alpha,
+            DTYPE=_triton_dtype(chosen[0].dtype), BLOCK=BLOCK, ROUNDS=ROUNDS, num_warps=WARPS,
+        )
+
+
+class _Blocks:
+    """Where each program of the many-tensor kernel works: a tensor's address and size, and a block of it."""
+
+    def __init__(self, tensors: tuple[tuple[int, int, torch.dtype, torch.device], ...]):
+        device = tensors[0][3]
+        counts = [-(-numel // BLOCK) for _, numel, _, _ in tensors]
+        self.blocks = sum(counts)
+        self.addresses = torch.tensor([address for address, *_ in tensors], dtype=torch.int64, device=device)
+        self.sizes = torch.tensor([numel for _, numel, *_ in tensors], dtype=torch.int64, device=device)
+        self.tensor_of = torch.repeat_interleave(torch.arange(len(tensors), dtype=torch.int32), torch.tensor(counts)).to(device)
+        self.block_of = torch.cat([torch.arange(c, dtype=torch.int32) for c in counts]).to(device)
+
+
+@functools.lru_cache(maxsize=16)
+def _block_table(tensors) -> _Blocks:
+    """Built once per set of tensors (a method's set never changes; addresses identify it)."""
+    return _Blocks(tensors)
+
+
+@functools.lru_cache(maxsize=16)
+def _seed_table(keys: tuple[tuple[int, ...], ...], device: torch.device) -> torch.Tensor:
+    """The tensors' seeds on the device; a step's perturbations and update share one (step, query)."""
+    seeds = torch.tensor([stream_seed(*k) for k in keys], dtype=torch.int64)
+    return seeds.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else seeds
+
+
+def _triton_dtype(dtype: torch.dtype):
+    import triton.language as tl
+
+    return {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
+
+
 def gaussian_like(p: torch.Tensor, keys: tuple[int, ...], backend: str) -> torch.Tensor:
     """The z that `add_gaussian_(p, ·, keys, backend)` adds, as a tensor (for momentum and Adam)."""
     if _fused(p, backend):
@@ -64,6 +116,13 @@ def _launch(p: torch.Tensor, alpha: float, seed: int) -> None:
     import triton
 
     _kernel()[(triton.cdiv(p.numel(), BLOCK),)](p, p.numel(), seed, alpha, BLOCK=BLOCK, ROUNDS=ROUNDS, num_warps=WARPS)
+
+
+@functools.cache
+def _kernel_many():
+    from zoft.engine.noise_kernels import add_gaussian_many_kernel
+
+    return add_gaussian_many_kernel
 
 
 @functools.cache

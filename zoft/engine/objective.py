@@ -59,6 +59,12 @@ class Batch:
     def to(self, device: torch.device) -> "Batch":
         return Batch(*(t.to(device) for t in vars(self).values()))
 
+    def padded_to(self, length: int) -> "Batch":
+        """The same rows left-padded to `length` tokens (masked, position 0): the same loss."""
+        extra = length - self.input_ids.shape[1]
+        pad = lambda t: F.pad(t, (extra, 0))  # noqa: E731
+        return replace(self, input_ids=pad(self.input_ids), attention_mask=pad(self.attention_mask), position_ids=pad(self.position_ids))
+
 
 def collate(items: list[Encoded], pad_id: int) -> Batch:
     rows = [(it.prompt + opt, len(opt)) for it in items for opt in it.options]
@@ -102,10 +108,14 @@ def option_sums(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def scores_of(sums: torch.Tensor, counts: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """[examples, candidates] mean log-likelihood of each candidate's tokens (-inf where absent)."""
-    scores = torch.full(batch.candidate_mask.shape, float("-inf"), device=sums.device)
-    scores[batch.candidate_mask] = sums / counts
-    return scores
+    """[examples, candidates] mean log-likelihood of each candidate's tokens (-inf where absent).
+
+    Rows run example by example, candidate by candidate, so a present candidate's row is the count
+    of present candidates before it: a gather, with no data-dependent shape (a CUDA graph can hold it).
+    """
+    present = batch.candidate_mask
+    rows = (present.flatten().cumsum(0) - 1).clamp(min=0).view(present.shape)
+    return torch.where(present, (sums / counts)[rows], float("-inf"))
 
 
 def candidate_scores(model, batch: Batch) -> torch.Tensor:
@@ -125,6 +135,11 @@ class EncoderBatch:
     def to(self, device: torch.device) -> "EncoderBatch":
         return EncoderBatch(*(t.to(device) for t in vars(self).values()))
 
+    def padded_to(self, length: int) -> "EncoderBatch":
+        """The same rows right-padded to `length` tokens (masked): the same loss."""
+        extra = length - self.input_ids.shape[1]
+        return replace(self, input_ids=F.pad(self.input_ids, (0, extra)), attention_mask=F.pad(self.attention_mask, (0, extra)))
+
 
 def doubled(batch):
     """The batch twice over, one copy after the other (a Batch or an EncoderBatch)."""
@@ -135,14 +150,17 @@ class BatchLoss:
     """The training loss of one batch at the current weights, as a ZO method calls it.
 
     `pair()` scores the batch twice in one forward (a doubled batch): the functional path
-    perturbs the two halves by +ε and −ε. `reduce` averages over data-parallel ranks.
+    perturbs the two halves by +ε and −ε. `reduce` averages over data-parallel ranks. With
+    `graphs` (a LossGraphs), the loss is replayed from a CUDA graph of the batch's shape.
     """
 
-    def __init__(self, objective: "Objective", model, batch, reduce=lambda t: t):
-        self.objective, self.model, self.batch, self.reduce = objective, model, batch, reduce
+    def __init__(self, objective: "Objective", model, batch, reduce=lambda t: t, graphs=None):
+        self.objective, self.model, self.batch, self.reduce, self.graphs = objective, model, batch, reduce, graphs
         self._doubled = None
 
     def __call__(self) -> torch.Tensor:
+        if self.graphs is not None:
+            return self.reduce(self.graphs.loss(self.batch))
         return self.reduce(self.objective.loss(self.model, self.batch))
 
     def rows(self) -> int:

@@ -23,6 +23,7 @@ from zoft.data.loading import sample_splits, with_demonstrations
 from zoft.data.tasks import TASKS, Task
 from zoft.engine import checkpoint
 from zoft.engine.distributed import init_world
+from zoft.engine.graphs import LossGraphs
 from zoft.engine.memory import peak_memory_gib
 from zoft.engine.objective import OBJECTIVES, BatchLoss, Encoded, Objective, encode
 from zoft.engine.report import Reporter
@@ -81,10 +82,14 @@ class Session:
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id
 
+    graphs: LossGraphs | None = None  # set by the trainer when train.cuda_graphs allows them
+
     def batch_loss(self, items: list[Encoded], reduce=lambda t: t) -> BatchLoss:
-        """The training loss of `items` as one batch on the model's device (`reduce`: over ranks)."""
+        """The training loss of `items` as one batch on the model's device (`reduce`: over ranks),
+        replayed from CUDA graphs when the session has them and the method's forward allows it."""
         batch = self.objective.train_batch(items, self.pad_id).to(self.device)
-        return BatchLoss(self.objective, self.model, batch, reduce)
+        graphs = self.graphs if self.graphs is not None and self.method.static_forward() else None
+        return BatchLoss(self.objective, self.model, batch, reduce, graphs)
 
 
 def prepare_model(recipe: Recipe, seed: int, num_labels: int = 0):
@@ -349,6 +354,8 @@ class Trainer:
     def _loop(self, session: Session, state: dict, step: int) -> None:
         recipe = self.recipe
         batcher = Batcher(session.train, recipe.train.batch_size, recipe.run.seed)
+        if step < recipe.train.max_steps:
+            self._record_graphs(session, batcher, step)
         if session.method.paths() and step < recipe.train.max_steps:
             self._choose_path(session, batcher, step)
         self.reporter.start(recipe.train.max_steps, step)
@@ -368,16 +375,41 @@ class Trainer:
                 raise Interrupted(done, folder)
             step = done
 
+    def _record_graphs(self, session: Session, batcher: Batcher, step: int) -> None:
+        """`train.cuda_graphs` on a GPU: record the first batch's loss (now, or once `_choose_path`
+        has moved to a path whose forward allows it); under auto a recording that fails (a model
+        whose forward synchronises, say) leaves the run on eager forwards."""
+        setting = self.recipe.train.cuda_graphs
+        if setting is False or session.device.type != "cuda" or not isinstance(session.method, ZOMethod):
+            return
+        session.graphs = LossGraphs(session.objective, session.model)
+        self._probe_graphs(session, batcher.batch(step), step)
+
+    def _probe_graphs(self, session: Session, items: list[Encoded], step: int) -> None:
+        if session.graphs is None or session.graphs.recorded or not session.method.static_forward():
+            return
+        try:
+            with torch.inference_mode():
+                session.batch_loss(self.world.shard(items))()
+        except RuntimeError as error:
+            session.graphs = None
+            why = str(error).strip().splitlines()[0][:200]
+            if self.recipe.train.cuda_graphs is True:
+                raise ZoftError(f"train.cuda_graphs: recording the loss failed ({why}); use auto or false") from None
+            self.reporter.message(f"train.cuda_graphs auto: recording the loss failed ({why}); eager forwards it is")
+        self.metrics.write({"step": step, "event": "cuda_graphs", "used": session.graphs is not None})
+
     def _choose_path(self, session: Session, batcher: Batcher, step: int, repeats: int = 2) -> None:
         """`method.path: auto` on a GPU: time a step's estimate (which leaves the weights as they
         were, up to the rounding of in-place restores) on each path with the first batch, after a
         warm-up, and go on with the faster one. Ranks average their times, so that all of them
         choose the same path."""
         method = session.method
-        loss = session.batch_loss(self.world.shard(batcher.batch(step)), self.world.mean)
         times = {}
         for path in method.paths():
             method.use_path(path)
+            self._probe_graphs(session, batcher.batch(step), step)
+            loss = session.batch_loss(self.world.shard(batcher.batch(step)), self.world.mean)
             method.estimate(loss, step)
             if session.device.type == "cuda":
                 torch.cuda.synchronize(session.device)

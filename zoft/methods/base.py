@@ -70,6 +70,11 @@ class Method(ABC):
     def use_path(self, path: str) -> None:
         """Compute the following steps on `path`, one of `paths()`."""
 
+    def static_forward(self) -> bool:
+        """Whether a forward at this method's current state reads nothing but the model's own
+        tensors, which may change only in place: then a CUDA graph of it may be replayed."""
+        return False
+
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         own = self.state_dict()
         missing = set(own) - set(state)
@@ -129,6 +134,9 @@ class ZOMethod(Method):
     def is_dense(self, p: torch.Tensor) -> bool:
         return True
 
+    def static_forward(self) -> bool:
+        return True
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.moments.buffers)
 
@@ -145,6 +153,11 @@ class ZOMethod(Method):
     def add_dense(self, index: int, p: torch.Tensor, step: int, query: int, alpha: float) -> None:
         """p += alpha · z(step, query), z drawn in the same pass (no m×n temporary with triton)."""
         noise.add_gaussian_(p, alpha, self.dense_keys(index, step, query), self.noise)
+
+    def add_dense_many(self, members: list[tuple[int, torch.Tensor]], step: int, query: int, alpha: float) -> None:
+        """`add_dense` for every (index, tensor) of `members`, in as few kernel launches as can be."""
+        keys = [self.dense_keys(index, step, query) for index, _ in members]
+        noise.add_gaussian_many_([p for _, p in members], alpha, keys, self.noise)
 
     @abstractmethod
     def perturb(self, step: int, query: int, scale: float) -> None:

@@ -108,6 +108,10 @@ class LowRankMethod(ZOMethod):
                 self.functional = None
         self.path_state.fill_(int(functional))
 
+    def static_forward(self) -> bool:
+        """In place only: the functional path's hooks read factor tensors made anew each query."""
+        return self.functional is None
+
     def _choose_path(self) -> FunctionalPath | None:
         """The functional path when `method.path` asks for it, or (auto) on a GPU where it applies."""
         choice, model = self.cfg.path, self.model

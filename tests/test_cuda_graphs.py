@@ -1,0 +1,77 @@
+"""CUDA graphs of the training loss (GPU only): the losses of eager forwards, weight changes seen."""
+
+import copy
+
+import pytest
+import torch
+
+from zoft.data.tasks import Example
+from zoft.engine.graphs import BUCKET, LossGraphs
+from zoft.engine.objective import OBJECTIVES, encode
+from zoft.models.tiny import build_tiny
+from zoft.tracking.metrics import read_metrics
+
+from test_train import run_dir, train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+
+def sentiment_batch(tok, prompts):
+    items = encode(tok, [Example(p, (" terrible", " great"), i % 2) for i, p in enumerate(prompts)], 256, "classify")
+    return OBJECTIVES["classify"].train_batch(items, tok.pad_token_id).to("cuda")
+
+
+def test_a_graphed_loss_equals_the_eager_one_and_sees_in_place_weight_changes():
+    model, tok = build_tiny("tiny:llama-32x2", seed=0)
+    model.cuda().eval()
+    objective = OBJECTIVES["classify"]
+    graphs = LossGraphs(objective, model)
+    short = sentiment_batch(tok, ["a dull plot . It was", "fine acting . It was"])
+    other = sentiment_batch(tok, ["so boring . It was", "a delight . It was"])
+    long = sentiment_batch(tok, ["a film " * 30 + ". It was", "ok . It was"])
+    weight = model.model.layers[0].mlp.up_proj.weight
+    with torch.inference_mode():
+        before = graphs.loss(short)
+        torch.testing.assert_close(before, objective.loss(model, short), rtol=1e-5, atol=1e-6)
+        weight.add_(0.05 * torch.randn_like(weight))  # as a perturbation does: in place
+        after = graphs.loss(short)
+        assert not torch.equal(after, before)
+        torch.testing.assert_close(after, objective.loss(model, short), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(graphs.loss(other), objective.loss(model, other), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(graphs.loss(long), objective.loss(model, long), rtol=1e-5, atol=1e-6)
+    assert short.input_ids.shape[1] <= BUCKET < long.input_ids.shape[1]
+    assert len(graphs.recorded) == 2  # `short` and `other` share a bucket, `long` has its own
+
+
+@pytest.mark.parametrize("keys", [
+    {"method": {"name": "mezo", "eps": 1e-3}},
+    {"method": {"name": "mezo", "eps": 1e-3}, "optim": {"name": "adam", "lr": 1e-3}},
+    {"method": {"name": "lozo", "rank": 2, "path": "inplace", "eps": 1e-3}},
+])
+def test_training_with_graphs_follows_eager_training(tiny, keys):
+    """Same seed, same batches: the projected gradients of graphed and eager steps agree to float rounding."""
+    tiny["model"]["device"] = "cuda"
+    tiny["model"]["name_or_path"] = "tiny:llama-32x2"
+    tiny["train"]["max_steps"] = 20
+    for section, values in keys.items():
+        tiny[section].update(values)
+    runs = {}
+    for setting, name in ((True, "on"), (False, "off")):
+        recipe = copy.deepcopy(tiny)
+        recipe["run"]["name"] = name
+        recipe["train"]["cuda_graphs"] = setting
+        train(recipe)
+        runs[name] = read_metrics(run_dir(recipe) / "metrics.jsonl")
+    assert {"step": 0, "event": "cuda_graphs", "used": True} in runs["on"]
+    assert not any(r.get("event") == "cuda_graphs" for r in runs["off"])
+    grads = {s: torch.tensor([r["proj_grad"] for r in rows if "proj_grad" in r]) for s, rows in runs.items()}
+    assert len(grads["on"]) == 20
+    torch.testing.assert_close(grads["on"], grads["off"], rtol=1e-3, atol=1e-4)
+
+
+def test_the_functional_path_keeps_eager_forwards(tiny):
+    """Its hooks read factor tensors made anew each query, which a graph would not see."""
+    tiny["model"]["device"] = "cuda"
+    tiny["method"].update({"name": "lozo", "rank": 2, "path": "functional"})
+    train(tiny)
+    assert not any(r.get("event") == "cuda_graphs" for r in read_metrics(run_dir(tiny) / "metrics.jsonl"))
