@@ -76,7 +76,8 @@ def done(cell: Cell, output: Path) -> bool:
 def run(args, table: dict) -> None:
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    todo = [c for c in cells(table) if fnmatch.fnmatch(f"{c.model}/{c.row}/{c.column}", args.only) and not done(c, output)]
+    wanted = lambda c: any(fnmatch.fnmatch(f"{c.model}/{c.row}/{c.column}", glob) for glob in args.only.split(","))  # noqa: E731
+    todo = [c for c in cells(table) if wanted(c) and not done(c, output)]
     todo.sort(key=lambda c: c.kind != "zo")  # the long ZO runs first, the short ones fill in behind
     slots = [gpu for _ in range(args.per_gpu) for gpu in (args.gpus.split(",") if args.gpus else [""])]
     deadline = time.time() + 60 * args.deadline_min if args.deadline_min else None
@@ -106,7 +107,9 @@ def launch(cell: Cell, gpu: str, output: Path, args) -> subprocess.Popen:
     extra = [f"model.name_or_path={path}" for name, path in (m.split("=", 1) for m in args.model) if name == cell.model]
     extra += args.set
     if cell.kind != "eval" and (output / cell.name / "config.yaml").is_file():
-        extra.append("checkpoint.resume=auto")  # stopped earlier: go on from its checkpoint
+        extra.append("checkpoint.resume=auto")  # stopped earlier: go on from its checkpoint,
+        if cell.kind == "zo":  # or, a ZO run whose checkpoints stayed on another machine, from its metrics
+            extra.append("checkpoint.replay=true")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     if gpu:
         env["CUDA_VISIBLE_DEVICES"] = gpu
@@ -144,7 +147,7 @@ def status(args, table: dict) -> None:
 def pack(args, table: dict) -> None:
     """The cells' run records without their weights (config, metrics of every step, evaluations,
     logs) as a .tar.gz in parts of at most --part-mb MB: small enough to carry off a GPU machine,
-    and all a later `run --set checkpoint.replay=true` needs to go on (docs/train.md)."""
+    and all a later `run` needs to go on: it continues a stopped ZO cell by replay (docs/train.md)."""
     import io
     import tarfile
 
@@ -287,7 +290,7 @@ def main() -> None:
     parser.add_argument("--gpus", default="", help="comma-separated GPU indices; empty: the default device")
     parser.add_argument("--per-gpu", type=int, default=1, help="cells run at once on each GPU")
     parser.add_argument("--deadline-min", type=float, default=0, help="stop (checkpointing) the runs after this many minutes")
-    parser.add_argument("--only", default="*", help="glob over model/row/column, e.g. 'smollm2/*/sst2'")
+    parser.add_argument("--only", default="*", help="globs over model/row/column, comma-separated, e.g. 'smollm2/*/sst2,minilm/fo*/*'")
     parser.add_argument("--model", action="append", default=[], help="NAME=PATH: load model NAME from PATH")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE added to every cell (a quick try: train.max_steps=20)")
     parser.add_argument("--to", default="results-records.tar.gz", help="pack: the parts' path prefix")
