@@ -123,17 +123,23 @@ def bench_shape(shape: str, batches: list[int], seq: int, steps: int, variants: 
     return rows
 
 
-def markdown(rows: list[dict], command: str) -> str:
+def machine_header(command: str, setting: str = "") -> list[str]:
+    """The GPU, the versions and the command, as the first lines of a benchmark's markdown."""
     import transformers
 
-    out = [
+    return [
         f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"Python {platform.python_version()}; random weights, bf16, synthetic batches of 256 tokens.",
+        f"Python {platform.python_version()}{setting}.",
         "",
         "```bash",
         command,
         "```",
         "",
+    ]
+
+
+def markdown(rows: list[dict], command: str) -> str:
+    out = machine_header(command, "; random weights, bf16, synthetic batches of 256 tokens") + [
         "\"× two fwd\" is the step time over that of two forward passes (the floor of a two-sided step); "
         "\"peak vs fwd\" compares the step's peak allocated memory with one forward's.",
     ]

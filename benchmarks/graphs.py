@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import statistics
 import sys
 from pathlib import Path
 
-import torch
-
+from engine import machine_header  # benchmarks/engine.py, beside this script
 from zoft.config.loader import load_recipe
 from zoft.engine.trainer import Trainer, run_dir_of
 from zoft.tracking.metrics import read_metrics
@@ -57,16 +55,7 @@ def timed_run(recipe_path: str, keys: list[str], steps: int, skip: int, name: st
 
 
 def markdown(rows: list[dict], command: str) -> str:
-    import transformers
-
-    out = [
-        f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"Python {platform.python_version()}.",
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
+    out = machine_header(command) + [
         "| method | path | eager ms/step | graphed ms/step | speed-up | peak GiB eager / graphed | projected gradients, median relative difference |",
         "|---|---|---|---|---|---|---|",
     ]
