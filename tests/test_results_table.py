@@ -1,6 +1,7 @@
 """tools/results_table.py: every cell's command validates, and the report reads all ZO cells of a
 column at one step budget, from the test score of the best dev evaluation within it."""
 
+import argparse
 import importlib.util
 import json
 import sys
@@ -21,7 +22,8 @@ def test_every_cell_of_the_table_is_a_valid_recipe(shared_data, monkeypatch):
     monkeypatch.chdir(ROOT)
     table = yaml.safe_load(results_table.TABLE.read_text())
     cells = results_table.cells(table)
-    assert len(cells) == 82 and len({c.name for c in cells}) == 82
+    # SmolLM2: 4 tasks x 14 rows; MiniLM: 2 tasks x (4 rows + 9 ZO rows searching 3 rates each)
+    assert len(cells) == 4 * 14 + 2 * (4 + 9 * 3) and len({c.name for c in cells}) == len(cells)
     for cell in cells:
         _, _, recipe, *keys = cell.command(Path("runs/results"))
         tiny = {"smollm2": ["model.name_or_path=tiny:llama-16x1", "~model.gguf_file"], "minilm": ["model.name_or_path=tiny:bert-16x1"]}
@@ -92,3 +94,18 @@ def test_pack_carries_the_records_without_the_weights_in_parts(tmp_path):
         metrics = tar.extractfile("m-mezo-sst2/metrics.jsonl").read()
     assert "m-mezo-sst2.log" in names and not any("checkpoints" in n for n in names)
     assert metrics == (runs / "m-mezo-sst2" / "metrics.jsonl").read_bytes()  # every step, for a replay
+
+
+def test_a_stopped_zo_cell_goes_on_by_replay_and_a_first_order_one_by_checkpoint(tmp_path, monkeypatch):
+    """Records carried from another machine have no checkpoints: ZO cells rebuild from their metrics."""
+    started = []
+    monkeypatch.setattr(results_table.subprocess, "Popen", lambda cmd, **kw: started.append(cmd))
+    args = argparse.Namespace(model=[], set=[])
+    for kind in ("zo", "fo"):
+        cell = results_table.Cell("m", "r", kind, kind, "recipe.yaml", [])
+        (tmp_path / cell.name).mkdir()
+        (tmp_path / cell.name / "config.yaml").write_text("{}")
+        results_table.launch(cell, "", tmp_path, args)
+    zo, fo = started
+    assert "checkpoint.resume=auto" in zo and "checkpoint.replay=true" in zo
+    assert "checkpoint.resume=auto" in fo and "checkpoint.replay=true" not in fo
