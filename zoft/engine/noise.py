@@ -57,10 +57,10 @@ def add_gaussian_many_(tensors: list[torch.Tensor], alpha: float, keys: list[tup
     more than a small tensor's pass: SmolLM2 has 211 matrices)."""
     fused: dict[torch.dtype, list[int]] = {}
     for i, p in enumerate(tensors):
-        if _fused(p, backend) and alpha:
-            fused.setdefault(p.dtype, []).append(i)
-        else:
+        if not _fused(p, backend):
             add_gaussian_(p, alpha, keys[i], backend)
+        elif alpha:  # a zero step leaves a fused tensor as it is
+            fused.setdefault(p.dtype, []).append(i)
     for members in fused.values():
         chosen = [tensors[i] for i in members]
         table = _block_table(tuple((p.data_ptr(), p.numel(), p.dtype, p.device) for p in chosen))

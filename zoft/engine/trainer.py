@@ -356,8 +356,8 @@ class Trainer:
         batcher = Batcher(session.train, recipe.train.batch_size, recipe.run.seed)
         if step < recipe.train.max_steps:
             self._record_graphs(session, batcher, step)
-        if session.method.paths() and step < recipe.train.max_steps:
-            self._choose_path(session, batcher, step)
+            if session.method.paths():
+                self._choose_path(session, batcher, step)
         self.reporter.start(recipe.train.max_steps, step)
         while step < recipe.train.max_steps:
             record = self._train_step(session, batcher, step, state)

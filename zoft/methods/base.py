@@ -180,6 +180,11 @@ class ZOMethod(Method):
         """The grouped tensors with their indices (the trained set never changes)."""
         return [(i, p) for i, (_, p) in enumerate(self.params) if self.grouped(p)]
 
+    @functools.cached_property
+    def ungrouped(self) -> list[tuple[int, torch.Tensor]]:
+        """Every other tensor, with its index (MeZO moves them with one multi-tensor launch a pass)."""
+        return [(i, p) for i, (_, p) in enumerate(self.params) if not self.grouped(p)]
+
     def group_directions(self, step: int, query: int) -> list[torch.Tensor]:
         """The z of every grouped tensor at (step, query), kept for the rest of the step."""
         if (step, query) not in self._group_cache:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 from zoft.methods.base import METHODS, ZOMethod
@@ -12,14 +11,9 @@ from zoft.methods.base import METHODS, ZOMethod
 class MeZO(ZOMethod):
     """θ ← θ − η (1/q) Σ_j g_j z_j (SGD); momentum keeps m (mn numbers), Adam m and v (2mn)."""
 
-    @functools.cached_property
-    def large(self) -> list[tuple[int, object]]:
-        """The tensors not moved with the small group, with their indices: one multi-tensor pass each."""
-        return [(i, p) for i, (_, p) in enumerate(self.params) if not self.grouped(p)]
-
     def perturb(self, step: int, query: int, scale: float) -> None:
         self.perturb_group(step, query, scale)
-        self.add_dense_many(self.large, step, query, scale * self.cfg.eps)
+        self.add_dense_many(self.ungrouped, step, query, scale * self.cfg.eps)
 
     def update(self, step: int, grads: Sequence[float], lr: float) -> None:
         self.finish_update(step, grads, lr, None)
@@ -34,7 +28,7 @@ class MeZO(ZOMethod):
         self.update_group(step, grads, lr, undo)
         if self.optim.name == "sgd" and not self.optim.weight_decay:  # every tensor the same coefficients
             for query, alpha in enumerate(self.sgd_alphas(grads, lr, undo)):
-                self.add_dense_many(self.large, step, query, alpha)
+                self.add_dense_many(self.ungrouped, step, query, alpha)
             return
-        for index, p in self.large:
+        for index, p in self.ungrouped:
             self.update_dense(index, self.params[index][0], p, step, grads, lr, undo=undo)
