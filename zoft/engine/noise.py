@@ -4,7 +4,9 @@
 m×n temporary. `triton` draws z inside the kernel (Philox keyed by the stream seed and the
 element's index) and adds it in the same read-write of the weight: no temporary, one pass. The
 two backends draw different (equally standard Gaussian) streams, so a run keeps its backend.
-On CPU the kernel runs under Triton's interpreter (TRITON_INTERPRET=1), which is how it is tested.
+On CPU the kernel runs under Triton's interpreter (TRITON_INTERPRET=1), which is how it is tested;
+there the Box-Muller transform takes precise log/sin/cos, on a GPU the approximate ones (`FAST`):
+normals within about 1e-6 of each other, so a run keeps its machine kind for bit-identical resume.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from zoft.engine.rng import gaussian, stream_seed
 BLOCK = 4096  # elements per program: 1024 Philox counters, four normals each
 ROUNDS = 7
 WARPS = 8
+Term = tuple[float, list[tuple[int, ...]]]  # (alpha, each tensor's keys): add alpha · z(keys)
 
 
 def resolve(choice: str, device: torch.device) -> str:
@@ -51,23 +54,34 @@ def add_gaussian_(p: torch.Tensor, alpha: float, keys: tuple[int, ...], backend:
     p.add_(gaussian(tuple(p.shape), p, *keys), alpha=alpha)
 
 
-def add_gaussian_many_(tensors: list[torch.Tensor], alpha: float, keys: list[tuple[int, ...]], backend: str) -> None:
-    """`add_gaussian_(p, alpha, k, backend)` for every (p, k) of `tensors` and `keys`: the same
-    result, with one kernel launch per dtype for the tensors the kernel takes (a launch costs
-    more than a small tensor's pass: SmolLM2 has 211 matrices)."""
+def add_gaussian_many_(
+    tensors: list[torch.Tensor], alpha: float, keys: list[tuple[int, ...]], backend: str, then: Term | None = None
+) -> None:
+    """`add_gaussian_(p, alpha, k, backend)` for every (p, k) of `tensors` and `keys`, then, with
+    `then` = (alpha2, keys2), `add_gaussian_(p, alpha2, k2, backend)`: the same results, with one
+    kernel launch per dtype for the tensors the kernel takes (a launch costs more than a small
+    tensor's pass: SmolLM2 has 211 matrices), both terms in one read-write of each tensor."""
+    terms = [(a, k) for a, k in [(alpha, keys), then or (0.0, None)] if a]  # a zero term adds nothing
     fused: dict[torch.dtype, list[int]] = {}
     for i, p in enumerate(tensors):
-        if not _fused(p, backend):
-            add_gaussian_(p, alpha, keys[i], backend)
-        elif alpha:  # a zero step leaves a fused tensor as it is
+        if _fused(p, backend):
             fused.setdefault(p.dtype, []).append(i)
+        else:
+            for a, k in terms:
+                add_gaussian_(p, a, k[i], backend)
+    if not terms:
+        return
+    (alpha, keys), (alpha2, keys2) = terms[0], terms[-1]
     for members in fused.values():
         chosen = [tensors[i] for i in members]
+        device = chosen[0].device
         table = _block_table(tuple((p.data_ptr(), p.numel(), p.dtype, p.device) for p in chosen))
-        seeds = _seed_table(tuple(keys[i] for i in members), chosen[0].device)
+        seeds = _seed_table(tuple(keys[i] for i in members), device)
+        seeds2 = _seed_table(tuple(keys2[i] for i in members), device)
         _kernel_many()[(table.blocks,)](
-            table.addresses, table.sizes, seeds, table.tensor_of, table.block_of, alpha,
-            DTYPE=_triton_dtype(chosen[0].dtype), BLOCK=BLOCK, ROUNDS=ROUNDS, num_warps=WARPS,
+            table.addresses, table.sizes, seeds, seeds2, table.tensor_of, table.block_of, alpha, alpha2,
+            DTYPE=_triton_dtype(chosen[0].dtype), BLOCK=BLOCK, ROUNDS=ROUNDS, FAST=_fast(device),
+            TWO=len(terms) == 2, num_warps=WARPS,
         )
 
 
@@ -115,7 +129,14 @@ def gaussian_like(p: torch.Tensor, keys: tuple[int, ...], backend: str) -> torch
 def _launch(p: torch.Tensor, alpha: float, seed: int) -> None:
     import triton
 
-    _kernel()[(triton.cdiv(p.numel(), BLOCK),)](p, p.numel(), seed, alpha, BLOCK=BLOCK, ROUNDS=ROUNDS, num_warps=WARPS)
+    _kernel()[(triton.cdiv(p.numel(), BLOCK),)](
+        p, p.numel(), seed, alpha, BLOCK=BLOCK, ROUNDS=ROUNDS, FAST=_fast(p.device), num_warps=WARPS
+    )
+
+
+def _fast(device: torch.device) -> bool:
+    """Approximate log/sin/cos in the transform: compiled for a GPU, not under the interpreter."""
+    return device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
 
 
 @functools.cache
