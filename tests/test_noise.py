@@ -98,3 +98,72 @@ def test_one_launch_over_many_tensors_adds_what_one_launch_each_adds():
     for a, b, t in zip(one_each, together, tensors):
         assert torch.equal(a, b)
         assert not torch.equal(b, t)
+
+
+def test_two_terms_in_one_pass_add_what_two_passes_add():
+    """The carried perturbation's kernel: alpha·z(k), then alpha2·z(k2), each rounded as its own pass."""
+    from zoft.engine.noise import add_gaussian_many_
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tensors = [torch.randn(5000, device=device), torch.randn(3, 4097, device=device), torch.randn(7000, device=device).bfloat16()]
+    tensors.append(torch.randn(40, 30, device=device).T)  # not contiguous: two torch passes
+    keys, keys2 = [(1, 2, 0, i, 0) for i in range(4)], [(1, 3, 0, i, 0) for i in range(4)]
+    two_passes, one_pass = [t.clone() for t in tensors], [t.clone() for t in tensors]
+    add_gaussian_many_(two_passes, -0.3, keys, "triton")
+    add_gaussian_many_(two_passes, 1e-3, keys2, "triton")
+    add_gaussian_many_(one_pass, -0.3, keys, "triton", then=(1e-3, keys2))
+    for a, b in zip(two_passes, one_pass):
+        assert torch.equal(a, b)
+    zero_first = [t.clone() for t in tensors]  # a zero first term: the second alone
+    add_gaussian_many_(zero_first, 0.0, keys, "triton", then=(1e-3, keys2))
+    alone = [t.clone() for t in tensors]
+    add_gaussian_many_(alone, 1e-3, keys2, "triton")
+    assert all(torch.equal(a, b) for a, b in zip(zero_first, alone))
+
+
+def big_params(dtype):
+    """One matrix above the grouping threshold (its own kernel pass) beside small grouped tensors."""
+    gen = torch.Generator().manual_seed(3)
+    return [("big", (torch.randn(300, 257, generator=gen) * 0.05).to(dtype))] + fresh_params(dtype)
+
+
+@pytest.mark.parametrize("noise", ["torch", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("queries", [1, 2])
+def test_carrying_the_next_perturbation_saves_a_pass_and_changes_no_bit(noise, dtype, queries, monkeypatch):
+    """`step(carry=True)` adds the next step's +εz in the update's pass: the same weights, losses and
+    projected gradients as uncarried steps, with one pass over the large tensors fewer per step."""
+    from zoft.methods import base
+
+    passes = {"n": 0}
+    counted = base.noise.add_gaussian_many_
+
+    def counting(*args, **kwargs):
+        passes["n"] += 1
+        counted(*args, **kwargs)
+
+    monkeypatch.setattr(base.noise, "add_gaussian_many_", counting)
+    runs = {}
+    for carry in (False, True):
+        params = big_params(dtype)
+        method = make("mezo", params, eps=1e-3, noise=noise, n_queries=queries)
+        loss = quadratic(params)[0]
+        passes["n"] = 0
+        results = [method.step(loss, step, 1e-2, carry=carry and step < 4) for step in range(5)]
+        assert method.carried is None
+        runs[carry] = ([(r.loss, r.grads) for r in results], params, passes["n"])
+    (plain_results, plain, plain_passes), (carried_results, carried, carried_passes) = runs[False], runs[True]
+    assert carried_results == plain_results
+    assert all(torch.equal(p, q) for (_, p), (_, q) in zip(plain, carried))
+    assert carried_passes == plain_passes - 4  # steps 1-4 began perturbed
+    assert plain_passes == 5 * (3 if queries == 1 else 7)
+
+
+def test_a_carried_step_refuses_to_run_as_another_step():
+    params = big_params(torch.float32)
+    method = make("mezo", params, eps=1e-3)
+    loss = quadratic(params)[0]
+    method.step(loss, 0, 1e-2, carry=True)
+    assert method.carried == 1
+    with pytest.raises(RuntimeError, match="step 1's perturbation"):
+        method.step(loss, 5, 1e-2)

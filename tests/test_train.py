@@ -250,3 +250,67 @@ def test_adazeta_with_a_derived_rate_refuses_a_longer_resume(tiny):
     tiny["checkpoint"]["resume"] = None
     tiny["run"]["overwrite"] = True
     train(tiny)
+
+
+def final_weights(recipe: dict) -> dict:
+    from safetensors.torch import load_file
+
+    last = f"step_{recipe['train']['max_steps']:07d}"
+    return load_file(run_dir(recipe) / "checkpoints" / last / "trainable.safetensors")
+
+
+def test_carried_perturbations_change_no_bit_of_a_run(tiny, monkeypatch):
+    """MeZO-SGD steps carry the next step's first perturbation except before an evaluation, a
+    checkpoint or the end: metrics, evaluations and weights are those of a run that never carries."""
+    from zoft.methods.mezo import MeZO
+
+    tiny["train"]["max_steps"] = 10
+    tiny["eval"]["every"], tiny["checkpoint"]["every"] = 4, 5
+    carried = []
+    finish = MeZO.finish
+
+    def spying(self, step, grads, lr, pending, carry=False):
+        carried.append(carry)
+        return finish(self, step, grads, lr, pending, carry)
+
+    monkeypatch.setattr(MeZO, "finish", spying)
+    train(tiny)
+    assert carried == [done not in (4, 5, 8, 10) for done in range(1, 11)]
+    monkeypatch.setattr(MeZO, "can_carry", lambda self: False)
+    plain = train_copy(tiny, "plain")
+    measured = ("time_s", "mem_gib", "seconds")  # of the machine, not of the trajectory
+
+    def rows(recipe):
+        return [{k: v for k, v in row.items() if k not in measured} for row in read_metrics(run_dir(recipe) / "metrics.jsonl")]
+
+    assert rows(tiny) == rows(plain)
+    a, b = final_weights(tiny), final_weights(plain)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ctrl_c_during_a_carrying_step_checkpoints_clean_weights_one_step_later(tiny, monkeypatch):
+    from zoft.engine.trainer import Interrupted
+
+    tiny["train"]["max_steps"] = 8
+    tiny["checkpoint"]["every"] = 0
+    tiny["eval"] = {"every": 0, "at_start": False, "batch_size": 16}
+    whole = train_copy(tiny, "whole")
+    original = Trainer._train_step
+
+    def interrupting(self, session, batcher, step, state, carry=False):
+        record = original(self, session, batcher, step, state, carry)
+        if step == 2:
+            assert carry and session.method.carried == 3
+            self.interrupted = True  # as the SIGINT handler does, mid-step
+        return record
+
+    monkeypatch.setattr(Trainer, "_train_step", interrupting)
+    with pytest.raises(Interrupted) as stopped:
+        train(tiny)
+    assert stopped.value.step == 4  # step 3 had carried into step 4, which ran uncarried before the checkpoint
+    monkeypatch.undo()
+    tiny["checkpoint"]["resume"] = "auto"
+    train(tiny)
+    assert train_records(tiny) == train_records(whole)
+    a, b = final_weights(tiny), final_weights(whole)
+    assert all(torch.equal(a[k], b[k]) for k in a)

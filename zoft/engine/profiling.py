@@ -111,7 +111,10 @@ def measure_method(method, loss_fn, steps: int, device, weights: int) -> dict:
     def state_bytes() -> int:
         return grads + sum(t.numel() * t.element_size() for t in method.state_dict().values())
 
-    return run_steps(lambda step: method.step(loss_fn, step, 1e-9), steps, device, weights, state_bytes, grads)
+    def step(index: int) -> None:  # as in training between evaluations: each step may carry into the next
+        method.step(loss_fn, index, 1e-9, carry=index < steps)
+
+    return run_steps(step, steps, device, weights, state_bytes, grads)
 
 
 def forward_passes(loss_fn, times: int = 1) -> None:

@@ -359,21 +359,37 @@ class Trainer:
             if session.method.paths():
                 self._choose_path(session, batcher, step)
         self.reporter.start(recipe.train.max_steps, step)
+        stopping = False
         while step < recipe.train.max_steps:
-            record = self._train_step(session, batcher, step, state)
+            carry = not stopping and self._runs_on_after(session, step + 1)
+            record = self._train_step(session, batcher, step, state, carry)
             done = state["step"] = step + 1
             self._check_bad_steps(session, state, record, done)
             if self._diverged(state, record):
                 step = self._roll_back(session, state, done)
                 continue
-            if recipe.eval.every and done % recipe.eval.every == 0 and session.dev:
+            if self._evaluates_at(session, done):
                 self._track_best(session, state, done)
-            if recipe.checkpoint.every and done % recipe.checkpoint.every == 0:
+            if self._checkpoints_at(done):
                 self._save(session, done, state)
-            if self.world.any(self.interrupted):
+            stopping = self.world.any(self.interrupted)
+            if stopping and session.method.carried is None:  # else one more step, uncarried, first
                 folder = self._save(session, done, state)
                 raise Interrupted(done, folder)
             step = done
+
+    def _evaluates_at(self, session: Session, done: int) -> bool:
+        every = self.recipe.eval.every
+        return bool(every and done % every == 0 and session.dev)
+
+    def _checkpoints_at(self, done: int) -> bool:
+        every = self.recipe.checkpoint.every
+        return bool(every and done % every == 0)
+
+    def _runs_on_after(self, session: Session, done: int) -> bool:
+        """Whether the next step follows step `done` with nothing reading the weights in between
+        (no evaluation, checkpoint or end): then a step may carry its successor's first perturbation."""
+        return done < self.recipe.train.max_steps and not self._evaluates_at(session, done) and not self._checkpoints_at(done)
 
     def _record_graphs(self, session: Session, batcher: Batcher, step: int) -> None:
         """`train.cuda_graphs` on a GPU: record the first batch's loss (now, or once `_choose_path`
@@ -425,14 +441,15 @@ class Trainer:
         self.metrics.write({"step": step, "event": "path", "path": best, **{f"{p}_ms": round(1e3 * t, 1) for p, t in times.items()}})
         self.reporter.message("method.path auto: " + ", ".join(f"{p} {1e3 * t:.0f} ms" for p, t in times.items()) + f" an estimate; {best} it is")
 
-    def _train_step(self, session: Session, batcher: Batcher, step: int, state: dict) -> dict:
+    def _train_step(self, session: Session, batcher: Batcher, step: int, state: dict, carry: bool = False) -> dict:
         recipe = self.recipe
         spread = self.world.size > 1 and recipe.train.spread_queries
         lr = lr_at(step, recipe.optim, recipe.train.max_steps) * state["lr_scale"]
         if spread:  # each rank: its queries on the whole batch; one all-reduce of q numbers
             result = session.method.step(session.batch_loss(batcher.batch(step)), step, lr, queries=self.world)
         else:  # each rank: its share of the batch; one all-reduce of a scalar (or pair) per pass
-            result = session.method.step(session.batch_loss(self.world.shard(batcher.batch(step)), self.world.mean), step, lr)
+            loss = session.batch_loss(self.world.shard(batcher.batch(step)), self.world.mean)
+            result = session.method.step(loss, step, lr, carry=carry)
         record = {
             "step": step + 1,
             "loss": result.loss if result.finite else None,

@@ -36,6 +36,8 @@ class StepResult:
 class Method(ABC):
     """One training step over a list of named trainable tensors, and the state to checkpoint."""
 
+    carried: int | None = None  # the step whose first perturbation a carrying step left on the weights
+
     def __init__(self, params: Named, cfg, optim: OptimConfig, seed: int, steps_per_epoch: int = 1, max_steps: int = 1, model=None):
         self.params = params
         self.model = model  # only the functional path of low-rank methods hooks into it
@@ -46,8 +48,10 @@ class Method(ABC):
         self.max_steps = max_steps
 
     @abstractmethod
-    def step(self, loss_fn: LossFn, step: int, lr: float, queries=None) -> StepResult:
-        """One update; `queries` spreads a ZO step's queries over processes (ZOMethod.estimate)."""
+    def step(self, loss_fn: LossFn, step: int, lr: float, queries=None, carry: bool = False) -> StepResult:
+        """One update; `queries` spreads a ZO step's queries over processes (ZOMethod.estimate);
+        `carry`: step + 1 follows at once, with no use of the weights in between, so a method may
+        leave its first perturbation on them (ZOMethod.carried)."""
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors kept between steps (empty for stateless methods)."""
@@ -140,6 +144,18 @@ class ZOMethod(Method):
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.moments.buffers)
 
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        super().load_state_dict(state)
+        self.carried = None  # the weights were loaded with it: clean ones
+
+    def can_carry(self) -> bool:
+        """Whether `finish` can add the next step's first perturbation in its own pass (`carry`)."""
+        return False
+
+    def plain_sgd(self) -> bool:
+        """SGD without decay: a dense tensor's update is the same coefficients of its z (one pass a query)."""
+        return self.optim.name == "sgd" and not self.optim.weight_decay
+
     def queries(self, step: int) -> int:
         return self.cfg.n_queries
 
@@ -154,10 +170,13 @@ class ZOMethod(Method):
         """p += alpha · z(step, query), z drawn in the same pass (no m×n temporary with triton)."""
         noise.add_gaussian_(p, alpha, self.dense_keys(index, step, query), self.noise)
 
-    def add_dense_many(self, members: list[tuple[int, torch.Tensor]], step: int, query: int, alpha: float) -> None:
-        """`add_dense` for every (index, tensor) of `members`, in as few kernel launches as can be."""
+    def add_dense_many(
+        self, members: list[tuple[int, torch.Tensor]], step: int, query: int, alpha: float, then: noise.Term | None = None
+    ) -> None:
+        """`add_dense` for every (index, tensor) of `members`, in as few kernel launches as can be;
+        `then` (alpha2, keys2): a second term added in the same pass (noise.add_gaussian_many_)."""
         keys = [self.dense_keys(index, step, query) for index, _ in members]
-        noise.add_gaussian_many_([p for _, p in members], alpha, keys, self.noise)
+        noise.add_gaussian_many_([p for _, p in members], alpha, keys, self.noise, then)
 
     @abstractmethod
     def perturb(self, step: int, query: int, scale: float) -> None:
@@ -200,7 +219,7 @@ class ZOMethod(Method):
 
     def update_group(self, step: int, grads: Sequence[float], lr: float, undo: Pending = None) -> None:
         """update_dense for every grouped tensor: with SGD one foreach kernel per query."""
-        if self.optim.name != "sgd" or self.optim.weight_decay:  # moments, or decay of small matrices
+        if not self.plain_sgd():  # moments, or decay of small matrices
             if undo is not None:
                 self.perturb_group(step, undo[0], -undo[1])
             for index, p in self.group:
@@ -242,11 +261,13 @@ class ZOMethod(Method):
         if self.optim.weight_decay and p.ndim > 1:
             p.mul_(1 - lr * self.optim.weight_decay)
 
-    def step(self, loss_fn: LossFn, step: int, lr: float, queries=None) -> StepResult:
+    def step(self, loss_fn: LossFn, step: int, lr: float, queries=None, carry: bool = False) -> StepResult:
         """Estimate, then update, unless a loss or projected gradient is not finite.
 
         With in-place restores and every query evaluated here, the last query's restore is left to
-        `finish`, which may fold it into the update's pass over the weights.
+        `finish`, which may fold it into the update's pass over the weights, and with `carry` (where
+        `can_carry`) the next step's first perturbation too: a two-sided dense step then makes two
+        passes over the weights instead of three, with the same roundings.
         """
         keep = self.cfg.restore == "arithmetic" and queries is None
         result, pending = self._estimate(loss_fn, step, queries, keep_last=keep)
@@ -254,12 +275,14 @@ class ZOMethod(Method):
             result.applied = False
             self.finish(step, [], 0.0, pending)
             return result
-        self.finish(step, result.grads, lr, pending)
+        carry = carry and keep and self.cfg.perturbation == "two_side" and self.can_carry()
+        self.finish(step, result.grads, lr, pending, carry)
         return result
 
-    def finish(self, step: int, grads: Sequence[float], lr: float, pending: Pending) -> None:
+    def finish(self, step: int, grads: Sequence[float], lr: float, pending: Pending, carry: bool = False) -> None:
         """Undo the perturbation `pending` (query, scale) still on the weights, then update (no
-        update when `grads` is empty). Methods that can, fold the two into one pass."""
+        update when `grads` is empty). Methods that can, fold the two into one pass, and with
+        `carry`, the next step's first perturbation, setting `carried`."""
         if pending is not None:
             self.perturb(step, pending[0], -pending[1])
         if grads:
@@ -291,13 +314,18 @@ class ZOMethod(Method):
         If a forward pass raises (out of memory, Ctrl-C), the perturbation in flight is undone
         before the exception goes on, so the weights stay those of the last completed step.
         """
+        if self.carried not in (None, step):
+            raise RuntimeError(f"step {step} began with step {self.carried}'s perturbation on the weights")
         cfg = self.cfg
         moved = self.moved_params()
         snapshot = [p.detach().clone() for p in moved] if cfg.restore == "copy" else None
         applied = {"query": 0, "scale": 0.0}  # the perturbation currently on the weights
 
         def move(query: int, scale: float) -> None:
-            self.perturb(step, query, scale)
+            if self.carried == step and query == 0 and scale == 1.0:  # the last step's finish added it
+                self.carried = None
+            else:
+                self.perturb(step, query, scale)
             applied["query"], applied["scale"] = query, applied["scale"] + scale
 
         def restore() -> None:
@@ -329,7 +357,8 @@ class ZOMethod(Method):
                         grads[query], losses[query] = (float(plus) - base) / cfg.eps, base
                         continue
                     move(query, -2.0)
-                    plus, minus = float(plus), float(loss(query, -1.0))
+                    minus = loss(query, -1.0)  # both forwards queued before the one sync
+                    plus, minus = float(plus), float(minus)
                 grads[query], losses[query] = (plus - minus) / (2 * cfg.eps), (plus + minus) / 2
                 if not (keep_last and query == count - 1):
                     restore()

@@ -30,7 +30,7 @@ class FirstOrder(Method):
             self.optimizer = torch.optim.SGD(groups, lr=self.optim.lr, momentum=betas[0] if betas else 0.0)
         self._order = [p for group in groups for p in group["params"]]
 
-    def step(self, loss_fn, step: int, lr: float, queries=None) -> StepResult:
+    def step(self, loss_fn, step: int, lr: float, queries=None, carry: bool = False) -> StepResult:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)

@@ -18,17 +18,28 @@ class MeZO(ZOMethod):
     def update(self, step: int, grads: Sequence[float], lr: float) -> None:
         self.finish_update(step, grads, lr, None)
 
-    def finish(self, step, grads, lr, pending):
-        """With SGD the last restore and the update share one pass: W += (ε − η g/q)·z."""
+    def can_carry(self) -> bool:
+        return self.plain_sgd()
+
+    def finish(self, step, grads, lr, pending, carry=False):
+        """With SGD the last restore and the update share one pass: W += (ε − η g/q)·z; with
+        `carry` that pass also adds the next step's first perturbation, + ε·z(step + 1, 0)."""
         if not grads:
             return super().finish(step, grads, lr, pending)
-        self.finish_update(step, grads, lr, pending)
+        self.finish_update(step, grads, lr, pending, carry)
 
-    def finish_update(self, step, grads, lr, undo) -> None:
+    def finish_update(self, step, grads, lr, undo, carry=False) -> None:
         self.update_group(step, grads, lr, undo)
-        if self.optim.name == "sgd" and not self.optim.weight_decay:  # every tensor the same coefficients
-            for query, alpha in enumerate(self.sgd_alphas(grads, lr, undo)):
-                self.add_dense_many(self.ungrouped, step, query, alpha)
+        if not self.plain_sgd():
+            for index, p in self.ungrouped:
+                self.update_dense(index, self.params[index][0], p, step, grads, lr, undo=undo)
             return
-        for index, p in self.ungrouped:
-            self.update_dense(index, self.params[index][0], p, step, grads, lr, undo=undo)
+        alphas = self.sgd_alphas(grads, lr, undo)
+        for query, alpha in enumerate(alphas):
+            then = None
+            if carry and query == len(alphas) - 1:
+                then = (self.cfg.eps, [self.dense_keys(index, step + 1, 0) for index, _ in self.ungrouped])
+            self.add_dense_many(self.ungrouped, step, query, alpha, then)
+        if carry:
+            self.perturb_group(step + 1, 0, 1.0)
+            self.carried = step + 1
