@@ -75,3 +75,25 @@ def test_the_functional_path_keeps_eager_forwards(tiny):
     tiny["method"].update({"name": "lozo", "rank": 2, "path": "functional"})
     train(tiny)
     assert not any(r.get("event") == "cuda_graphs" for r in read_metrics(run_dir(tiny) / "metrics.jsonl"))
+
+
+def test_carried_perturbations_on_the_gpu_change_no_bit_of_a_run(tiny, monkeypatch):
+    """The compiled two-term kernel (fused FMA, round to nearest even) and graphed forwards: a run
+    whose MeZO steps carry their successors' perturbations equals one that never carries."""
+    from zoft.methods.mezo import MeZO
+    from test_train import final_weights
+
+    tiny["model"].update(device="cuda", name_or_path="tiny:llama-128x2", dtype="bf16")  # its embedding: a kernel pass
+    tiny["method"]["noise"] = "triton"
+    tiny["train"]["max_steps"] = 12
+    tiny["eval"]["every"], tiny["checkpoint"]["every"] = 4, 6
+    runs = {}
+    for carry in (True, False):
+        recipe = copy.deepcopy(tiny)
+        recipe["run"]["name"] = f"carry-{carry}"
+        monkeypatch.setattr(MeZO, "can_carry", lambda self, carry=carry: carry and self.plain_sgd())
+        train(recipe)
+        rows = read_metrics(run_dir(recipe) / "metrics.jsonl")
+        runs[carry] = ([(r.get("loss"), r.get("proj_grad"), r.get("accuracy")) for r in rows], final_weights(recipe))
+    assert runs[True][0] == runs[False][0]
+    assert all(torch.equal(runs[True][1][k], runs[False][1][k]) for k in runs[True][1])
