@@ -171,12 +171,14 @@ class ZOMethod(Method):
         noise.add_gaussian_(p, alpha, self.dense_keys(index, step, query), self.noise)
 
     def add_dense_many(
-        self, members: list[tuple[int, torch.Tensor]], step: int, query: int, alpha: float, then: noise.Term | None = None
+        self, members: list[tuple[int, torch.Tensor]], step: int, query: int, alpha: float,
+        then: tuple[int, int, float] | None = None,
     ) -> None:
         """`add_dense` for every (index, tensor) of `members`, in as few kernel launches as can be;
-        `then` (alpha2, keys2): a second term added in the same pass (noise.add_gaussian_many_)."""
-        keys = [self.dense_keys(index, step, query) for index, _ in members]
-        noise.add_gaussian_many_([p for _, p in members], alpha, keys, self.noise, then)
+        `then` (step2, query2, alpha2): a second direction added in the same pass (noise.add_gaussian_many_)."""
+        keys_at = lambda s, q: [self.dense_keys(index, s, q) for index, _ in members]  # noqa: E731
+        second = None if then is None else (then[2], keys_at(then[0], then[1]))
+        noise.add_gaussian_many_([p for _, p in members], alpha, keys_at(step, query), self.noise, second)
 
     @abstractmethod
     def perturb(self, step: int, query: int, scale: float) -> None:

@@ -36,9 +36,7 @@ class MeZO(ZOMethod):
             return
         alphas = self.sgd_alphas(grads, lr, undo)
         for query, alpha in enumerate(alphas):
-            then = None
-            if carry and query == len(alphas) - 1:
-                then = (self.cfg.eps, [self.dense_keys(index, step + 1, 0) for index, _ in self.ungrouped])
+            then = (step + 1, 0, self.cfg.eps) if carry and query == len(alphas) - 1 else None
             self.add_dense_many(self.ungrouped, step, query, alpha, then)
         if carry:
             self.perturb_group(step + 1, 0, 1.0)
