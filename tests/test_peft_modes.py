@@ -195,7 +195,7 @@ def test_eval_of_a_run_applies_the_mode(trained):
 
 @pytest.mark.parametrize("mode", ["lora", "tt_adapter"])
 def test_encoder_modes_train_the_new_head_and_reload_with_it(mode, tiny, shared_data):
-    tiny["model"] = {"name_or_path": "tiny:bert-32x2"}
+    tiny["model"] = {"name_or_path": "tiny:bert-32x2", "encoder_head": "linear"}
     tiny["data"] = {"task": "trec", "path": str(shared_data / "trec"), "num_train": 32, "num_dev": 8, "num_eval": 8}
     tiny["params"] = {"mode": mode, "adapter_dim": 8, "lora_targets": ["query", "value"]}
     tiny["optim"]["lr"] = 1e-1

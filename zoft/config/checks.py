@@ -51,6 +51,8 @@ def check_recipe(r: Recipe) -> list[str]:
     elif r.data.task is not None:
         need(r.eval.icl_shots == 0, "eval.icl_shots: encoder tasks (a classification head) take no demonstrations")
         need(r.data.template is None, "data.template: encoder tasks have no prompt template")
+        need(r.model.encoder_head != "labels" or bool(TASKS.get(r.data.task, "data.task").label_texts),
+             f"model.encoder_head: task {r.data.task} has no label descriptions to embed (use linear or auto)")
     need(r.eval.icl_shots >= 0, "eval.icl_shots: must be >= 0")
     if r.data.path is not None:
         path = r.data.path.replace("{task}", r.data.task or "")

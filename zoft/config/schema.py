@@ -34,6 +34,12 @@ class ModelConfig:
     trust_remote_code: bool = knob(False, "run model code from the hub; off unless asked for")
     device_map: Literal["auto"] | None = knob(None, "auto: one process spreads the model's layers over the visible GPUs (accelerate)")
     max_memory: list[str] | None = knob(None, "with device_map: memory budget per GPU in order, e.g. [20GiB, 20GiB]")
+    encoder_head: Literal["auto", "labels", "linear"] = knob(
+        "auto",
+        "encoder tasks: labels = cosine similarity to the encoder's own embeddings of the task's label descriptions "
+        "(trained; a head that starts out doing the task, as MeZO's prompts do); linear = transformers' new random "
+        "head; auto = labels when the task describes its labels",
+    )
     quantization: Literal["none", "int8", "nf4"] = knob(
         "none",
         "store the base's linear layers in int8 or 4-bit NormalFloat (bitsandbytes), frozen; train adapters "

@@ -64,6 +64,7 @@ class Task:
     answers_of: Callable[[dict], tuple[str, ...]] | None = None  # generate tasks
     text_fields: tuple[str, ...] = ()  # encoder tasks: the text, and the pair's second text
     num_labels: int = 0  # encoder tasks
+    label_texts: tuple[str, ...] = ()  # encoder tasks: a description of label i, embedded by the encoder (label_head.py)
     builtin: Callable[[str], list[dict]] | None = None  # rows shipped as code
     metric: str = "accuracy"
     num_dev: int = 500  # MeZO's dev size; 100 for the tasks with under 1000 training examples
@@ -255,16 +256,29 @@ register(Task(
     "drop", "generate", "Passage: {passage}\nQuestion: {question}\nAnswer:",
     hub_name="ucinlp/drop", answers_of=_drop_answers, metric="f1",
 ))
-register(Task(  # SST-2 for encoders (MiniLM, BERT): a classification head instead of a prompt
+# Encoder tasks (MiniLM, BERT): a classification head instead of a prompt. The label texts carry
+# MeZO's label words (SST: terrible ... great) into sentences an encoder embeds; TREC's describe
+# LM-BFF's coarse classes in its order (../shared/data/README.md).
+register(Task(
     "sst2_encoder", "encoder", "", "nyu-mll/glue", "sst2", flatten=_single_text, text_fields=("sentence",), num_labels=2,
+    label_texts=("A negative review: it was terrible.", "A positive review: it was great."),
 ))
 register(Task(
     "sst5", "encoder", "", hub_name="SetFit/sst5", eval_split="test", flatten=_single_text,
     text_fields=("sentence",), num_labels=5,
+    label_texts=tuple(f"It was {word}." for word in ("terrible", "bad", "okay", "good", "great")),
 ))
 register(Task(
     "trec", "encoder", "", hub_name="CogComp/trec", eval_split="test", flatten=_single_text,
     text_fields=("sentence",), num_labels=6,
+    label_texts=(
+        "What is the description or definition of something?",
+        "What thing or entity is it?",
+        "What does the abbreviation stand for?",
+        "Who is the person?",
+        "Where is the location?",
+        "How many, what number or date?",
+    ),
 ))
 register(Task(
     "snli", "encoder", "", hub_name="stanfordnlp/snli", flatten=_with_gold_label,

@@ -9,7 +9,7 @@ from pathlib import Path
 from zoft.config.schema import ParamsConfig, Recipe
 from zoft.data.tasks import TASKS
 from zoft.engine import checkpoint
-from zoft.engine.trainer import build_session, prepare_model
+from zoft.engine.trainer import build_session, encoder_head, prepare_model
 
 
 def evaluate(recipe: Recipe, out_dir: Path, which: str, split: str, tasks: list[str], run_dir: Path | None) -> list[dict]:
@@ -22,11 +22,11 @@ def evaluate(recipe: Recipe, out_dir: Path, which: str, split: str, tasks: list[
     folder = None if which == "none" else checkpoint.find(run_dir / "checkpoints", which)
     if folder is None:  # the base model itself: a prefix's real-activation init would change it
         recipe = dataclasses.replace(recipe, params=ParamsConfig())
-    loaded: dict[int, tuple] = {}  # by head size: causal LMs (0) and each classifier head
+    loaded: dict = {}  # by head: causal LMs (None) and each classifier head
     records = []
     for name in tasks:
         task_recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, task=name))
-        heads = TASKS.get(name, "--tasks").num_labels
+        heads = encoder_head(recipe, TASKS.get(name, "--tasks"))
         if heads not in loaded:
             loaded[heads] = prepare_model(recipe, recipe.run.seed, heads)
             if folder is not None:

@@ -31,6 +31,7 @@ from zoft.engine.rng import stream_seed
 from zoft.engine.schedule import lr_at
 from zoft.errors import ZoftError
 from zoft.methods import METHODS, Method, ZOMethod
+from zoft.models.label_head import EncoderHead
 from zoft.models.loading import load_model
 from zoft.models.params import trainable
 from zoft.tracking.metrics import MetricsLog, read_metrics
@@ -92,9 +93,17 @@ class Session:
         return BatchLoss(self.objective, self.model, batch, reduce, graphs)
 
 
-def prepare_model(recipe: Recipe, seed: int, num_labels: int = 0):
+def encoder_head(recipe: Recipe, task: Task) -> EncoderHead | None:
+    """The classifier an encoder task asks for (`model.encoder_head`); None for the LM tasks."""
+    if task.kind != "encoder":
+        return None
+    labels = recipe.model.encoder_head == "labels" or (recipe.model.encoder_head == "auto" and task.label_texts)
+    return EncoderHead(task.num_labels, task.label_texts if labels else ())
+
+
+def prepare_model(recipe: Recipe, seed: int, head: EncoderHead | None = None):
     """(model, tokenizer, trained tensors) as the recipe's model and params sections say."""
-    model, tokenizer = load_model(recipe.model, seed, num_labels)
+    model, tokenizer = load_model(recipe.model, seed, head)
     model, params = trainable(model, recipe.params, seed)
     return model, tokenizer, params
 
@@ -104,7 +113,7 @@ def build_session(recipe: Recipe, with_method: bool = True, prepared=None) -> Se
     is a (model, tokenizer, trained tensors) to reuse across tasks."""
     seed = recipe.run.seed
     task = TASKS.get(recipe.data.task, "data.task")
-    model, tokenizer, params = prepared or prepare_model(recipe, seed, task.num_labels)
+    model, tokenizer, params = prepared or prepare_model(recipe, seed, encoder_head(recipe, task))
     data_seed = recipe.data.seed if recipe.data.seed is not None else seed
     splits = sample_splits(recipe.data, data_seed)
     method = None

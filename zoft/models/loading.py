@@ -6,6 +6,7 @@ import torch
 
 from zoft.config.schema import ModelConfig
 from zoft.errors import ZoftError
+from zoft.models.label_head import EncoderHead, with_label_head
 from zoft.models.quantize import bnb_config, quantize_linears
 from zoft.models.source import local_dir
 from zoft.models.tiny import TINY_PREFIX, build_tiny
@@ -21,12 +22,14 @@ def pick_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-def load_model(cfg: ModelConfig, seed: int, num_labels: int = 0):
+def load_model(cfg: ModelConfig, seed: int, head: EncoderHead | None = None):
     """(model in eval mode with no autograd, tokenizer with a pad token) on the chosen device.
 
-    `num_labels` > 0 asks for a sequence-classification head (encoder tasks) instead of an LM.
+    `head` (encoder tasks) asks for a classifier instead of an LM: label embeddings
+    (label_head.py) when it has label texts, else transformers' new linear head.
     """
     device = pick_device(cfg.device)
+    num_labels = head.num_labels if head is not None else 0
     # process-wide in torch; set either way so that one process's runs do not leak into the next
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
     built = cfg.config is not None or cfg.name_or_path.startswith(TINY_PREFIX)  # not read from a checkpoint
@@ -39,6 +42,8 @@ def load_model(cfg: ModelConfig, seed: int, num_labels: int = 0):
         model, tokenizer = _from_pretrained(cfg, seed, num_labels, device)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if head is not None and head.label_texts:
+        model = with_label_head(model, tokenizer, head.label_texts, None if built else local_dir(cfg.name_or_path))
     model.requires_grad_(False)
     if cfg.device_map is None and (built or cfg.quantization == "none"):  # bitsandbytes placed a loaded one
         model = model.to(device)
