@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from zoft.cli import app
@@ -13,6 +14,7 @@ from zoft.data.tasks import TASKS
 from zoft.engine.trainer import build_session
 from zoft.config.loader import recipe_from_dict
 from zoft.engine import checkpoint
+from zoft.errors import ZoftError
 from zoft.models.label_head import SAVED, SCALE, EncoderHead, with_label_head
 from zoft.models.loading import load_model
 from zoft.models.tiny import build_tiny
@@ -72,3 +74,30 @@ def test_labels_on_a_task_without_descriptions_is_refused_naming_the_key(tmp_pat
                                       "model.name_or_path=tiny:bert", "data.task=snli", "model.encoder_head=labels"])
     assert result.exit_code == 2, result.output
     assert "model.encoder_head: task snli has no label descriptions" in " ".join(result.output.split())
+
+
+def _as_made_before_the_key(recipe: dict) -> None:
+    """Stop a run and drop model.encoder_head from its config.yaml, as zoft wrote runs before the key."""
+    recipe["train"]["max_steps"] = 2
+    train(recipe)
+    saved = run_dir(recipe) / "config.yaml"
+    config = yaml.safe_load(saved.read_text())
+    del config["model"]["encoder_head"]
+    saved.write_text(yaml.safe_dump(config))
+    recipe["train"]["max_steps"], recipe["checkpoint"]["resume"] = 4, "auto"
+
+
+def test_an_lm_run_made_before_the_key_resumes(tiny):
+    _as_made_before_the_key(tiny)
+    assert train(tiny)["steps"] == 4
+
+
+def test_an_encoder_run_made_before_the_key_resumes_only_with_its_linear_head(trec):
+    trec["model"]["encoder_head"] = "linear"  # what zoft gave encoder tasks before the key
+    _as_made_before_the_key(trec)
+    trec["model"]["encoder_head"] = "auto"
+    with pytest.raises(ZoftError) as info:
+        train(trec)  # auto gives trec the label head now
+    assert info.value.problems == ["model.encoder_head: the run used 'linear', the recipe now says 'labels'"]
+    trec["model"]["encoder_head"] = "linear"
+    assert train(trec)["steps"] == 4

@@ -93,12 +93,17 @@ class Session:
         return BatchLoss(self.objective, self.model, batch, reduce, graphs)
 
 
+def label_head_chosen(choice: str | None, task: Task) -> bool:
+    """Whether `model.encoder_head: choice` gives `task` the label head (None: a run made before
+    the key existed, which had the linear head)."""
+    return task.kind == "encoder" and (choice == "labels" or (choice == "auto" and bool(task.label_texts)))
+
+
 def encoder_head(recipe: Recipe, task: Task) -> EncoderHead | None:
     """The classifier an encoder task asks for (`model.encoder_head`); None for the LM tasks."""
     if task.kind != "encoder":
         return None
-    labels = recipe.model.encoder_head == "labels" or (recipe.model.encoder_head == "auto" and task.label_texts)
-    return EncoderHead(task.num_labels, task.label_texts if labels else ())
+    return EncoderHead(task.num_labels, task.label_texts if label_head_chosen(recipe.model.encoder_head, task) else ())
 
 
 def prepare_model(recipe: Recipe, seed: int, head: EncoderHead | None = None):
@@ -245,6 +250,9 @@ class Trainer:
         if not saved_path.exists():
             return
         saved, now = _flatten(yaml.safe_load(saved_path.read_text())), _flatten(recipe_to_dict(self.recipe))
+        task = TASKS.get(self.recipe.data.task, "data.task")
+        for flat in (saved, now):  # the head each run gets, not the key's spelling: LM tasks have none
+            flat["model.encoder_head"] = "labels" if label_head_chosen(flat.get("model.encoder_head"), task) else "linear"
         changed = [
             f"{key}: the run used {saved.get(key)!r}, the recipe now says {now.get(key)!r}"
             for key in sorted(set(saved) | set(now))
