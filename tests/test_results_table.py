@@ -109,3 +109,37 @@ def test_a_stopped_zo_cell_goes_on_by_replay_and_a_first_order_one_by_checkpoint
     zo, fo = started
     assert "checkpoint.resume=auto" in zo and "checkpoint.replay=true" in zo
     assert "checkpoint.resume=auto" in fo and "checkpoint.replay=true" not in fo
+
+
+def test_pack_keeps_a_record_being_written_up_to_its_last_whole_line(tmp_path):
+    import io
+    import tarfile
+
+    table = {"models": {"m": {"recipe": "r.yaml", "columns": {"sst2": ["data.task=sst2"]}, "rows": {"mezo": {"kind": "zo", "keys": []}}}}}
+    runs = tmp_path / "runs"
+    (runs / "m-mezo-sst2").mkdir(parents=True)
+    (runs / "m-mezo-sst2" / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')
+    results_table.pack(argparse.Namespace(output=str(runs), to=str(tmp_path / "rec"), part_mb=15), table)
+    with tarfile.open(tmp_path / "rec.part00") as tar:
+        assert tar.extractfile("m-mezo-sst2/metrics.jsonl").read() == b'{"step": 1, "loss": 0.5}\n'
+
+
+def test_run_packs_the_records_while_it_runs_and_at_the_end(tmp_path, monkeypatch):
+    """A machine taken away mid-run still hands back what was packed last."""
+    class Running:  # a cell that runs for three polls of the scheduler
+        polls, returncode, pid = 0, 0, 0
+
+        def poll(self):
+            self.polls += 1
+            return 0 if self.polls > 3 else None
+
+    table = {"models": {"m": {"recipe": "r.yaml", "columns": {"sst2": ["data.task=sst2"]}, "rows": {"mezo": {"kind": "zo", "keys": []}}}}}
+    packs, clock = [], iter(range(0, 10_000, 60))
+    monkeypatch.setattr(results_table.subprocess, "Popen", lambda cmd, **kw: Running())
+    monkeypatch.setattr(results_table, "pack", lambda args, table: packs.append(args.to))
+    monkeypatch.setattr(results_table.time, "sleep", lambda s: None)
+    monkeypatch.setattr(results_table.time, "time", lambda: next(clock))  # a minute a poll
+    args = argparse.Namespace(output=str(tmp_path), only="*", gpus="", per_gpu=1, deadline_min=0, pack_every_min=1.5,
+                              model=[], set=[], to=str(tmp_path / "rec"), part_mb=15)
+    results_table.run(args, table)
+    assert len(packs) == 3  # two while the cell runs (every 1.5 minutes), one at the end

@@ -1,7 +1,7 @@
 """Run and report the results table of docs/results.md from recipes/results/_table.yaml.
 
     python tools/results_table.py list                      # the command of every cell
-    python tools/results_table.py run [--gpus 0,1] [--per-gpu 4] [--deadline-min 60] [--only GLOB]
+    python tools/results_table.py run [--gpus 0,1] [--per-gpu 4] [--deadline-min 60] [--only GLOB] [--pack-every-min 5 --to OUT/records]
     python tools/results_table.py status                    # where each cell is
     python tools/results_table.py pack --to /out/records    # the records without weights, to carry away
     python tools/results_table.py report                    # table + loss curves into docs/
@@ -83,8 +83,12 @@ def run(args, table: dict) -> None:
     deadline = time.time() + 60 * args.deadline_min if args.deadline_min else None
     running: dict[subprocess.Popen, tuple[Cell, str]] = {}
     failed = []
+    next_pack = time.time() + 60 * args.pack_every_min if args.pack_every_min else None
     print(f"{len(todo)} cells to run in {len(slots)} slots", flush=True)
     while todo or running:
+        if next_pack and time.time() >= next_pack:  # what a machine taken away mid-run still hands back
+            pack(args, table)
+            next_pack = time.time() + 60 * args.pack_every_min
         for proc, (cell, slot) in list(running.items()):
             if proc.poll() is not None:
                 del running[proc]
@@ -101,6 +105,8 @@ def run(args, table: dict) -> None:
         time.sleep(2)
     left = [c.name for c in todo] + [c.name for c, _ in running.values()]
     print(f"failed: {failed or 'none'}; not finished: {left or 'none'}", flush=True)
+    if next_pack:
+        pack(args, table)
 
 
 def launch(cell: Cell, gpu: str, output: Path, args) -> subprocess.Popen:
@@ -156,12 +162,23 @@ def pack(args, table: dict) -> None:
         for cell in cells(table):
             run = output / cell.name
             for path in [output / f"{cell.name}.log", *(p for p in run.rglob("*") if "checkpoints" not in p.parts)]:
-                if path.is_file():
-                    tar.add(path, arcname=str(path.relative_to(output)))
+                if not path.is_file():
+                    continue
+                content = path.read_bytes()
+                if path.suffix == ".jsonl":  # packed while a run writes: its records up to the last whole line
+                    content = content[: content.rfind(b"\n") + 1]
+                info = tarfile.TarInfo(str(path.relative_to(output)))
+                info.size, info.mtime = len(content), int(path.stat().st_mtime)
+                tar.addfile(info, io.BytesIO(content))
     data, size = buffer.getvalue(), int(args.part_mb * 1e6)
     parts = [data[i:i + size] for i in range(0, len(data), size)] or [b""]
-    for index, part in enumerate(parts):
-        Path(f"{args.to}.part{index:02d}").write_bytes(part)
+    for index, part in enumerate(parts):  # each part whole or not at all, should the machine go mid-write
+        target = Path(f"{args.to}.part{index:02d}")
+        target.with_suffix(".tmp").write_bytes(part)
+        target.with_suffix(".tmp").replace(target)
+    for stale in Path(args.to).parent.glob(f"{Path(args.to).name}.part*"):  # left by a larger earlier pack
+        if int(stale.name.rsplit(".part", 1)[1]) >= len(parts):
+            stale.unlink()
     print(f"{len(data) / 1e6:.1f} MB in {len(parts)} parts: {args.to}.part00 ... (cat them, then tar xzf - -C {output})")
 
 
@@ -294,6 +311,8 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=[], help="NAME=PATH: load model NAME from PATH")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE added to every cell (a quick try: train.max_steps=20)")
     parser.add_argument("--to", default="results-records.tar.gz", help="pack: the parts' path prefix")
+    parser.add_argument("--pack-every-min", type=float, default=0,
+                        help="run: pack the records to --to every this many minutes and at the end (0: never)")
     parser.add_argument("--part-mb", type=float, default=15.0, help="pack: the largest part, in MB")
     args = parser.parse_args()
     table = yaml.safe_load(TABLE.read_text())
