@@ -61,6 +61,8 @@ def test_the_label_embeddings_train_and_reload_from_the_saved_model(trec):
     batch = tok(["how far is the moon", "who wrote it"], return_tensors="pt", padding=True)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).logits, trained.model(**batch).logits)
+    with pytest.raises(ZoftError, match="holds 6 label embeddings; the task has 2 labels"):
+        load_model(ModelConfig(name_or_path=str(folder)), 0, EncoderHead(2, texts[:2]))  # another task's head
 
 
 def test_linear_asks_for_transformers_new_head(trec):

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from zoft.errors import ZoftError
+
 SCALE = 20.0  # sentence-transformers' scale for cosine-similarity logits (MultipleNegativesRankingLoss)
 SAVED = "label_head.safetensors"  # beside the encoder's weights in a saved model folder
 
@@ -70,6 +72,8 @@ def with_label_head(model, tokenizer, texts: tuple[str, ...], folder: Path | Non
         from safetensors.torch import load_file
 
         embeddings = load_file(str(saved))["labels"]
+        if len(embeddings) != len(texts):
+            raise ZoftError(f"model.name_or_path: {saved} holds {len(embeddings)} label embeddings; the task has {len(texts)} labels")
     else:
         device = next(encoder.parameters()).device
         batch = tokenizer(list(texts), padding=True, return_tensors="pt").to(device)
