@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("results_table", ROOT / "tools" / "results_table.py")
 results_table = sys.modules["results_table"] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(results_table)
+ONE_CELL = {"models": {"m": {"recipe": "r.yaml", "columns": {"sst2": ["data.task=sst2"]}, "rows": {"mezo": {"kind": "zo", "keys": []}}}}}
 
 
 def test_every_cell_of_the_table_is_a_valid_recipe(shared_data, monkeypatch):
@@ -80,7 +81,7 @@ def test_pack_carries_the_records_without_the_weights_in_parts(tmp_path):
     import io
     import tarfile
 
-    table = {"models": {"m": {"recipe": "r.yaml", "columns": {"sst2": ["data.task=sst2"]}, "rows": {"mezo": {"kind": "zo", "keys": []}}}}}
+    table = ONE_CELL
     runs = tmp_path / "runs"
     write_run(runs, "m-mezo-sst2", {500: (0.6, 0.61)}, 2000)
     (runs / "m-mezo-sst2" / "checkpoints" / "best").mkdir(parents=True)
@@ -115,7 +116,7 @@ def test_pack_keeps_a_record_being_written_up_to_its_last_whole_line(tmp_path):
     import io
     import tarfile
 
-    table = {"models": {"m": {"recipe": "r.yaml", "columns": {"sst2": ["data.task=sst2"]}, "rows": {"mezo": {"kind": "zo", "keys": []}}}}}
+    table = ONE_CELL
     runs = tmp_path / "runs"
     (runs / "m-mezo-sst2").mkdir(parents=True)
     (runs / "m-mezo-sst2" / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')
@@ -133,7 +134,7 @@ def test_run_packs_the_records_while_it_runs_and_at_the_end(tmp_path, monkeypatc
             self.polls += 1
             return 0 if self.polls > 3 else None
 
-    table = {"models": {"m": {"recipe": "r.yaml", "columns": {"sst2": ["data.task=sst2"]}, "rows": {"mezo": {"kind": "zo", "keys": []}}}}}
+    table = ONE_CELL
     packs, clock = [], iter(range(0, 10_000, 60))
     monkeypatch.setattr(results_table.subprocess, "Popen", lambda cmd, **kw: Running())
     monkeypatch.setattr(results_table, "pack", lambda args, table: packs.append(args.to))
