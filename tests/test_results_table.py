@@ -144,3 +144,14 @@ def test_run_packs_the_records_while_it_runs_and_at_the_end(tmp_path, monkeypatc
                               model=[], set=[], to=str(tmp_path / "rec"), part_mb=15)
     results_table.run(args, table)
     assert len(packs) == 3  # two while the cell runs (every 1.5 minutes), one at the end
+
+
+def test_the_memory_of_a_cell_is_its_training_steps_without_the_evaluations():
+    step = lambda n, mem: {"step": n, "loss": 1.0, "time_s": n, "mem_gib": mem}  # noqa: E731
+    rows = [step(1, 1.0), step(2, 1.2),
+            {"step": 2, "split": "dev", "accuracy": 0.5},  # logged no peak of its own (older records):
+            step(3, 7.0),  # so the steps after it in its process still carry its peak
+            {"step": 3, "split": "dev", "accuracy": 0.5, "mem_gib": 7.0},  # restarts the window
+            step(4, 1.1), step(5, 1.3)]
+    assert results_table.training_peak(rows, 5) == 1.3
+    assert results_table.training_peak(rows, 3) == 1.2

@@ -74,6 +74,9 @@ def test_run_directory_holds_everything_and_loads_with_from_pretrained(tiny):
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
     assert {"step", "loss", "proj_grad", "seed", "lr", "mem_gib", "time_s"} <= set(steps[0])
     assert [r["step"] for r in records if r.get("split") == "dev"] == [0, 3, 6]
+    evals = [r for r in records if "split" in r]
+    assert all(r["mem_gib"] > 0 for r in evals)  # an evaluation's own peak, apart from the steps'
+    assert summary["peak_mem_gib"] >= max(r["mem_gib"] for r in records) - 1e-3
     ckpts = root / "checkpoints"
     assert (ckpts / "LATEST").read_text().strip() == "step_0000006"
     assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_0000004", "step_0000006"]  # keep_last=2
@@ -314,3 +317,16 @@ def test_ctrl_c_during_a_carrying_step_checkpoints_clean_weights_one_step_later(
     assert train_records(tiny) == train_records(whole)
     a, b = final_weights(tiny), final_weights(whole)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="peak memory is reset and kept apart on a GPU only")
+def test_a_steps_memory_leaves_out_the_evaluations_and_the_summary_keeps_the_larger(tiny):
+    tiny["model"]["device"] = "cuda"
+    tiny["train"]["batch_size"] = 2
+    tiny["eval"]["batch_size"] = 512  # an evaluation far larger than a step
+    summary = train(tiny)
+    records = read_metrics(run_dir(tiny) / "metrics.jsonl")
+    steps = [r["mem_gib"] for r in records if "split" not in r]
+    evals = [r["mem_gib"] for r in records if "split" in r]
+    assert max(steps) < min(evals)  # the steps after an evaluation do not carry its peak
+    assert summary["peak_mem_gib"] == pytest.approx(max(evals), abs=1e-3)

@@ -204,8 +204,21 @@ def read_at(rows: list[dict], metric: str, budget: int) -> dict | None:
     return {
         "dev": evals[best][0], "test": evals[best][1], "best_step": best, "steps": budget,
         "time_s": max((r["time_s"] for r in steps), default=0.0),
-        "mem_gib": max((r["mem_gib"] for r in steps), default=0.0),
+        "mem_gib": training_peak(rows, budget),
     }
+
+
+def training_peak(rows: list[dict], budget: int) -> float:
+    """The peak memory of the training steps up to `budget`, evaluations left out (they cost the
+    same for every method). A step's `mem_gib` is the peak since its process's last evaluation
+    that logged its own; records from before evaluations did so count only up to the first one."""
+    peak, clean = 0.0, True
+    for r in rows:
+        if "split" in r:
+            clean = "mem_gib" in r
+        elif clean and "loss" in r and r["step"] <= budget:
+            peak = max(peak, r["mem_gib"])
+    return peak
 
 
 def metric_of(model: str, column: str, table: dict) -> str:

@@ -36,6 +36,27 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
+class Peaks:
+    """The process's peak kept apart for training and for evaluation (on a GPU): an evaluation's
+    batches (SQuAD's generation, say) can need more than a training step, and the same for every
+    method, so a step's `mem_gib` leaves them out and each evaluation reports its own."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.overall = 0.0
+
+    def now(self) -> float:
+        """The peak since the last `restart` (on a CPU: of the whole process, which cannot be reset)."""
+        return peak_memory_gib(self.device)
+
+    def restart(self) -> float:
+        """Start a new window; returns the run's peak so far, every window included."""
+        self.overall = max(self.overall, self.now())
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return self.overall
+
+
 @dataclass
 class Split:
     """Bytes of each part of a step's peak: persistent weights and states, then what comes and goes."""

@@ -24,7 +24,7 @@ from zoft.data.tasks import TASKS, Task
 from zoft.engine import checkpoint
 from zoft.engine.distributed import init_world
 from zoft.engine.graphs import LossGraphs
-from zoft.engine.memory import peak_memory_gib
+from zoft.engine.memory import Peaks
 from zoft.engine.objective import OBJECTIVES, BatchLoss, Encoded, Objective, encode
 from zoft.engine.report import Reporter
 from zoft.engine.rng import stream_seed
@@ -279,8 +279,10 @@ class Trainer:
     # ---- evaluation and checkpoints ------------------------------------------------------
     def _evaluate(self, session: Session, split: str, step: int) -> dict:
         items = session.dev if split == "dev" else session.test
+        self.peaks.restart()
         result = session.objective.evaluate(session.model, session.tokenizer, items, self.recipe.eval.batch_size)
-        record = {"step": step, "split": split, **result, "time_s": round(self.elapsed(), 3)}
+        record = {"step": step, "split": split, **result, "mem_gib": round(self.peaks.now(), 4), "time_s": round(self.elapsed(), 3)}
+        self.peaks.restart()  # the next steps' mem_gib: training alone
         self.metrics.write(record)
         if self.world.is_main:
             (self.run_dir / "eval").mkdir(exist_ok=True)
@@ -353,6 +355,8 @@ class Trainer:
             self.reporter.message(f"resumed from {resume_from} (step {start})")
         state["step"] = start  # the weights are those after state["step"] steps; kept up to date
         self._write_run_files()
+        self.peaks = Peaks(session.device)
+        self.peaks.restart()  # loading and replay are not a step's cost
         self.began = time.perf_counter() - state["elapsed_s"]
 
         previous = self._install_interrupt_handler()
@@ -474,7 +478,7 @@ class Trainer:
             "queries": len(result.grads),
             "seed": recipe.run.seed,
             "lr": lr,
-            "mem_gib": round(peak_memory_gib(session.device), 4),
+            "mem_gib": round(self.peaks.now(), 4),
             "time_s": round(self.elapsed(), 3),
         }
         if not result.applied:
@@ -596,7 +600,7 @@ class Trainer:
             "best_step": state["best_step"],
             "test": test,
             "time_s": round(self.elapsed(), 2),
-            "peak_mem_gib": round(peak_memory_gib(session.device), 3),
+            "peak_mem_gib": round(self.peaks.restart(), 3),
         }
         if self.world.is_main:
             (self.run_dir / "results.json").write_text(json.dumps(summary, indent=1))
