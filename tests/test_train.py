@@ -161,6 +161,28 @@ def test_replay_rebuilds_a_run_from_its_metrics_alone_bit_for_bit(tiny, method, 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_an_evaluation_the_earlier_process_did_not_reach_is_made_on_resume(tiny):
+    """Killed between step 3 and its evaluation (a machine taken away mid-evaluation): the replayed
+    run evaluates step 3 before going on, as the uninterrupted run did."""
+    tiny["eval"]["test_each"] = True
+    whole = train_copy(tiny, "whole")
+    cut = copy.deepcopy(tiny)
+    cut["run"]["name"] = "cut"
+    cut["train"]["max_steps"] = 3
+    train(cut)
+    shutil.rmtree(run_dir(cut) / "checkpoints")
+    metrics = run_dir(cut) / "metrics.jsonl"
+    rows = read_metrics(metrics)
+    kept = [r for r in rows if not (r["step"] == 3 and r.get("split") == "test")]  # its test evaluation never ran
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    cut["train"]["max_steps"] = 6
+    cut["checkpoint"].update(resume="auto", replay=True)
+    train(cut)
+    evals = lambda recipe: {(r["step"], r["split"]): r["accuracy"] for r in read_metrics(run_dir(recipe) / "metrics.jsonl") if "split" in r}  # noqa: E731
+    assert evals(cut) == evals(whole)
+    assert (3, "test") in evals(cut)
+
+
 def test_replay_of_a_thinned_metrics_file_stops_naming_the_missing_steps(tiny):
     train(tiny)
     metrics = run_dir(tiny) / "metrics.jsonl"

@@ -331,7 +331,11 @@ class Trainer:
         metric = session.objective.metric
         zero_shot = {r["split"]: r[metric] for r in records if r.get("split") and r["step"] == 0}
         last = steps[-1] if steps else {"step": 0, "time_s": 0.0}
-        return last["step"], {"zero_shot": zero_shot, "elapsed_s": last["time_s"]}
+        evaluated = {r["step"] for r in records if r.get("split") == "dev"}
+        if self.recipe.eval.test_each and session.test:  # an evaluation cut short has no test record
+            evaluated &= {r["step"] for r in records if r.get("split") == "test"}
+        state = {"zero_shot": zero_shot, "elapsed_s": last["time_s"], "last_dev_step": max(evaluated, default=None)}
+        return last["step"], state
 
     # ---- the loop ------------------------------------------------------------------------
     def run(self) -> dict:
@@ -366,6 +370,8 @@ class Trainer:
                     for split in ("dev", "test") if recipe.eval.test else ("dev",):
                         if getattr(session, split):
                             state["zero_shot"][split] = self._evaluate(session, split, 0)[session.objective.metric]
+                if 0 < start < recipe.train.max_steps and self._evaluates_at(session, start) and state.get("last_dev_step") != start:
+                    self._track_best(session, state, start)  # due at `start`, but the earlier process ended first
                 self._loop(session, state, start)
                 return self._finish(session, state)
         finally:
