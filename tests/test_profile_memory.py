@@ -45,11 +45,9 @@ def test_estimated_state_equals_what_the_method_keeps(tiny, variant):
     est = estimate(shape_of(model, 2, 8), name, optimizer, rank=getattr(method.cfg, "rank", 2))
     grads = est.weights if name == "fo" else 0  # first-order: gradients at the peak
     assert est.optimizer_state == kept + grads
-    if name == "subzo":
-        cached = sum(p.numel() * p.element_size() + q.numel() * q.element_size() for _, p, q in method.subspaces.values())
-        assert est.method_state == cached
-    else:
-        assert est.method_state == 0
+    bases = {id(t): t for _, drawn in getattr(method, "_periodic", {}).values() for t in (drawn if isinstance(drawn, tuple) else (drawn,))}
+    assert est.method_state == sum(t.numel() * t.element_size() for t in bases.values())
+    assert (est.method_state > 0) == (name in ("lozo", "subzo", "tezo"))
 
 
 def test_tezo_adam_keeps_less_than_mezo_adam_and_mezo_keeps_nothing(shaped):
@@ -92,10 +90,7 @@ def test_the_functional_paths_extra_state_is_estimated_exactly(tiny, variant):
     objective, batch = synthetic_batch(model.config.vocab_size, 2, 8, torch.device("cpu"))
     method.step(BatchLoss(objective, model, batch), 0, 1e-6)
     kept = {id(t): t for t in [*method.functional.basis.values(), *method.functional.acc.values()]}
-    if name == "tezo":
-        kept |= {id(u): u for _, u, _ in method._bases.values()}
-    if name == "subzo":
-        kept |= {id(t): t for _, p, q in method.subspaces.values() for t in (p, q)}
+    kept |= {id(t): t for _, drawn in method._periodic.values() for t in (drawn if isinstance(drawn, tuple) else (drawn,))}
     est = estimate(shape_of(model, 2, 8), name, optimizer, rank=method.cfg.rank, functional=True)
     assert est.method_state == sum(t.numel() * t.element_size() for t in kept.values())
 

@@ -62,7 +62,7 @@ class Split:
     """Bytes of each part of a step's peak: persistent weights and states, then what comes and goes."""
 
     weights: float
-    method_state: float  # direction bases kept between steps (SubZO's P, Q; TeZO's U, V)
+    method_state: float  # direction bases kept for their period (LOZO's V; SubZO's P, Q; TeZO's U, V)
     optimizer_state: float  # moments (and, first-order, gradients at the peak)
     activations: float  # activations and transient buffers at the peak (directions drawn, temporaries)
 
@@ -139,8 +139,8 @@ def forward_estimate(s: Shape) -> Split:
 
 def estimate(s: Shape, method: str, optimizer: str, rank: int = 2, functional: bool = False) -> Split:
     """The memory split of one step of `method` with `optimizer`, from shapes alone (SPEC.md's state);
-    `functional`: a low-rank method on the functional path (engine.md), which also keeps each
-    matrix's basis B (n×r), TeZO's U (m×r) and the update accumulated in factor space (m×r, fp32)."""
+    `functional`: a low-rank method on the functional path (engine.md), which also keeps the
+    update accumulated in factor space (m×r, fp32)."""
     matrices = [(shape, b) for shape, b in s.params if len(shape) >= 2]
     vectors = [(shape, b) for shape, b in s.params if len(shape) < 2]
     numel = lambda shape: int(torch.Size(shape).numel())  # noqa: E731
@@ -159,17 +159,17 @@ def estimate(s: Shape, method: str, optimizer: str, rank: int = 2, functional: b
         transient = max(stored_activations(s) - trained, 0.0)
     else:
         transient = 0.0  # rank-r factors only: no m×n tensor is built
-        if method == "subzo":  # cached orthonormal bases, (m + n)·r per layer
-            method_state = sum((shape[0] + numel(shape) // shape[0]) * r(shape) * b for shape, b in matrices)
+        cols = lambda shape: numel(shape) // shape[0]  # noqa: E731
+        kept = {"lozo": cols, "tezo": lambda shape: shape[0] + cols(shape), "subzo": lambda shape: shape[0] + cols(shape)}[method]
+        # each matrix's basis for its period (LOZO's V; TeZO's U, V; SubZO's orthonormal P, Q)
+        method_state = sum(kept(shape) * r(shape) * s.act_bytes for shape, _ in matrices)
         if method == "lozo" and optimizer == "momentum":  # N, m·r per layer
             optimizer_state = sum(shape[0] * r(shape) * b for shape, b in matrices)
         if method == "tezo":  # r (momentum) or 2r (adam) fp32 numbers per layer
             optimizer_state = moments * 4 * sum(r(shape) for shape, _ in matrices)
         optimizer_state += dense_moments  # 1-D tensors: dense moments
-        if functional:
-            basis = (lambda shape: numel(shape) // shape[0]) if method != "tezo" else (lambda shape: shape[0] + numel(shape) // shape[0])
-            kept = 0 if method == "subzo" else sum(basis(shape) * r(shape) * s.act_bytes for shape, _ in matrices)
-            method_state += kept + sum(shape[0] * r(shape) * 4 for shape, _ in matrices)
+        if functional:  # and the update accumulated in factor space, m·r fp32 per matrix
+            method_state += sum(shape[0] * r(shape) * 4 for shape, _ in matrices)
     activations = max(forward_activations(s), transient)
     return Split(weights, method_state, optimizer_state, activations)
 

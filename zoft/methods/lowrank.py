@@ -11,13 +11,13 @@ Two ways to apply a direction (SPEC.md, `method.path`):
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from zoft.config.methods import load_rank_file
 from zoft.errors import ZoftError
-from zoft.methods.base import ZOMethod, matrix
+from zoft.methods.base import Pending, ZOMethod, matrix
 from zoft.methods.functional import FunctionalPath, Unsupported
 from zoft.models.quantize import is_quantized, logical_shape
 
@@ -26,6 +26,8 @@ PAIRED_MAX_EXAMPLES = 8  # paired_forward=auto doubles batches of at most this m
 
 class LowRankMethod(ZOMethod):
     def __init__(self, *args, **kwargs):
+        self._drawn: dict[int, dict[tuple, object]] = {}  # step -> what `drawn` drew for it
+        self._periodic: dict[int, tuple[int, object]] = {}  # parameter -> (period, what `periodic` drew)
         super().__init__(*args, **kwargs)
         per_layer = load_rank_file(self.cfg.rank) if isinstance(self.cfg.rank, str) else {}
         default = per_layer.get("default", self.cfg.rank)
@@ -79,6 +81,28 @@ class LowRankMethod(ZOMethod):
     def rank_scale(self, index: int) -> float:
         """1/r for estimators normalized to be unbiased (SPEC: lozo, tezo), else 1."""
         return 1.0 / self.rank(index) if getattr(self.cfg, "normalize", False) else 1.0
+
+    def drawn(self, key: tuple, step: int, draw: Callable[[], object]):
+        """`draw()` once per (step, key): the passes of a step (+ε, −2ε, the restore, the update,
+        and a carried perturbation of the next step) reuse the directions it drew (LOZO's U, TeZO's
+        τ, SubZO's S) instead of drawing them again, a launch per matrix and pass saved. What
+        earlier steps drew goes once a later step draws."""
+        if step not in self._drawn:
+            for old in [s for s in self._drawn if s < step - 1]:
+                del self._drawn[old]
+            self._drawn[step] = {}
+        kept = self._drawn[step]
+        if key not in kept:
+            kept[key] = draw()
+        return kept[key]
+
+    def periodic(self, index: int, period: int, draw: Callable[[], object]):
+        """`draw()` once per basis period of parameter `index` (its B, TeZO's U too): (m + n)·r
+        numbers a matrix at most, against the m·n of the matrix."""
+        cached = self._periodic.get(index)
+        if cached is None or cached[0] != period:
+            cached = self._periodic[index] = (period, draw())
+        return cached[1]
 
     @property
     def quantized(self) -> bool:
@@ -161,23 +185,61 @@ class LowRankMethod(ZOMethod):
             matrix(p).addmm_(a, b.T, alpha=scale * self.cfg.eps)
 
     def update(self, step: int, grads: Sequence[float], lr: float) -> None:
-        self.update_group(step, grads, lr)
+        self.apply_update(step, grads, lr)
+
+    def can_carry(self) -> bool:
+        """In place without weight decay (`finish`)."""
+        return self.functional is None and not self.optim.weight_decay
+
+    def finish(self, step, grads, lr, pending, carry=False):
+        """In place without weight decay, the last restore, the update and (`carry`) the next
+        step's first perturbation share one addmm per matrix, all three directions having this
+        period's basis B: W += (A_update − s·ε·A_restored + ε·A_next) Bᵀ (A_next apart when the
+        next step opens a new period). Two weight passes a step, where there were four."""
+        if not grads or not self.can_carry():
+            return super().finish(step, grads, lr, pending)
+        self.apply_update(step, grads, lr, pending, carry)
+
+    def apply_update(self, step: int, grads: Sequence[float], lr: float, undo: Pending = None, carry: bool = False) -> None:
+        eps = self.cfg.eps
+        self.update_group(step, grads, lr, undo)
+        if carry:
+            self.perturb_group(step + 1, 0, 1.0)
         for index, (name, p) in enumerate(self.params):
             if self.grouped(p):
                 continue
             if self.is_dense(p):
-                self.update_dense(index, name, p, step, grads, lr)
+                self.update_dense(index, name, p, step, grads, lr, undo=undo)
+                if carry:
+                    self.perturb_dense(index, p, step + 1, 0, 1.0)
                 continue
             w = self.like(index)
             a = self.update_factors(index, name, w, step, grads, lr)
             if self.hooked(index):
                 self.functional.acc[index].add_(a.float())
                 self.functional.live.add(index)
-            else:
-                self.decay(p, lr)
-                w.addmm_(a.to(w.dtype), self.basis_of(index, w, self.period(step)).T)
+                continue
+            self.decay(p, lr)
+            basis = self.basis_of(index, w, self.period(step))
+            if undo is not None or carry:  # summed in fp32, rounded once
+                a = a.float()
+                if undo is not None:
+                    a = a - undo[1] * eps * self.factors(index, w, step, undo[0])[0].float()
+                if carry:
+                    a_next, b_next = self.factors(index, w, step + 1, 0)
+                    if self.period(step + 1) == self.period(step):
+                        a = a + eps * a_next.float()
+                    else:
+                        w.addmm_(a_next, b_next.T, alpha=eps)
+            w.addmm_(a.to(w.dtype), basis.T)
         if self.functional is not None:
             self.functional.changed()
+        if carry:
+            self.carried = step + 1
+        self.updated(step)
+
+    def updated(self, step: int) -> None:
+        """After each update (LOZO-M: the basis its momentum is now expressed in)."""
 
     # ---- the functional path -------------------------------------------------------------
     def _estimate(self, loss_fn, step, queries, keep_last):

@@ -1,7 +1,8 @@
 """LOZO (Chen et al., 2025): Z = U_t V_kᵀ, U fresh each step, V redrawn every `lazy_interval` steps.
 
-V is never stored: it is regenerated from (seed, k, parameter), which also fixes the official
-code's replay mismatch on refresh steps (methods.md §3.3). LOZO-M keeps the m×r momentum N.
+V is drawn from (seed, k, parameter), kept for its period (n×r) and never saved: regenerating it
+is what fixes the official code's replay mismatch on refresh steps (methods.md §3.3). LOZO-M
+keeps the m×r momentum N.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ class LOZO(LowRankMethod):
                     self.momentum[f"N.{name}"] = torch.zeros(w.shape[0], self.rank(index), dtype=w.dtype, device=w.device)
 
     def v(self, index: int, w: torch.Tensor, k: int) -> torch.Tensor:
-        return gaussian((w.shape[1], self.rank(index)), w, self.seed, k, index, BASIS)
+        return self.periodic(index, k, lambda: gaussian((w.shape[1], self.rank(index)), w, self.seed, k, index, BASIS))
 
     def u(self, index: int, w: torch.Tensor, step: int, query: int) -> torch.Tensor:
-        return gaussian((w.shape[0], self.rank(index)), w, self.seed, step, query, index, DIRECTION)
+        draw = lambda: gaussian((w.shape[0], self.rank(index)), w, self.seed, step, query, index, DIRECTION)  # noqa: E731
+        return self.drawn(("u", index, query), step, draw)
 
     def period(self, step: int) -> int:
         return step // self.cfg.lazy_interval
@@ -57,8 +59,7 @@ class LOZO(LowRankMethod):
             factor = n_buf
         return factor * (-lr * self.rank_scale(index))
 
-    def update(self, step: int, grads: Sequence[float], lr: float) -> None:
-        super().update(step, grads, lr)
+    def updated(self, step: int) -> None:
         self.momentum_basis.fill_(self.period(step))
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -17,28 +17,23 @@ from zoft.methods.lowrank import LowRankMethod
 
 @METHODS.register("subzo")
 class SubZO(LowRankMethod):
-    def __init__(self, *args, **kwargs):
-        self.subspaces: dict[int, tuple[int, torch.Tensor, torch.Tensor]] = {}  # before the bases are asked for
-        super().__init__(*args, **kwargs)
-
     def period(self, step: int) -> int:
         return step // self.cfg.update_interval
 
     def subspace(self, index: int, w: torch.Tensor, period: int) -> tuple[torch.Tensor, torch.Tensor]:
-        cached = self.subspaces.get(index)
-        if cached is None or cached[0] != period:
+        def draw():
             m, n, r = *w.shape, self.rank(index)
             p = torch.linalg.qr(gaussian((m, r), w, self.seed, period, index, BASIS, 0, dtype=torch.float32))[0]
             q = torch.linalg.qr(gaussian((n, r), w, self.seed, period, index, BASIS, 1, dtype=torch.float32))[0]
-            cached = (period, p.to(w.dtype), q.to(w.dtype))
-            self.subspaces[index] = cached
-        return cached[1], cached[2]
+            return p.to(w.dtype), q.to(w.dtype)
+        return self.periodic(index, period, draw)
 
     def basis_of(self, index, w, period):
         return self.subspace(index, w, period)[1]
 
     def s(self, index: int, w: torch.Tensor, step: int, query: int) -> torch.Tensor:
-        return gaussian((self.rank(index), self.rank(index)), w, self.seed, step, query, index, DIRECTION)
+        draw = lambda: gaussian((self.rank(index), self.rank(index)), w, self.seed, step, query, index, DIRECTION)  # noqa: E731
+        return self.drawn(("s", index, query), step, draw)
 
     def scale(self, index: int, w: torch.Tensor) -> float:
         return math.sqrt(w.shape[0] * w.shape[1]) / self.rank(index)

@@ -1,7 +1,8 @@
 """TeZO (Sun et al., 2025): Z_t = U diag(τ_t) Vᵀ with U, V drawn once and τ_t ∈ R^r fresh.
 
-U and V are regenerated from their seed when used, so the state between steps is the r (momentum)
-or 2r (Adam) numbers per layer of the moments on c_t = g_t τ_t, exact because U and V do not move.
+U and V are drawn from their seed once a period and kept ((m + n)·r numbers a matrix), so the state
+to save between steps is the r (momentum) or 2r (Adam) numbers per layer of the moments on
+c_t = g_t τ_t, exact because U and V do not move.
 On a refresh (`refresh_interval`) the moments of the old basis are reset.
 """
 
@@ -17,7 +18,6 @@ from zoft.methods.lowrank import LowRankMethod
 @METHODS.register("tezo")
 class TeZO(LowRankMethod):
     def __init__(self, *args, **kwargs):
-        self._bases: dict[int, tuple[int, torch.Tensor, torch.Tensor]] = {}  # functional path only
         super().__init__(*args, **kwargs)
         self.factor_moments: dict[str, torch.Tensor] = {}
         for index, (name, p) in enumerate(self.params):
@@ -30,22 +30,17 @@ class TeZO(LowRankMethod):
         return step // self.cfg.refresh_interval if self.cfg.refresh_interval else 0
 
     def basis(self, index: int, w: torch.Tensor, period: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """U and V, regenerated from their seed at each use in place: nothing m- or n-sized is kept.
-        The functional path, which keeps V on its hooks anyway, keeps U too (drawn once a period)."""
-        cached = self._bases.get(index)
-        if cached is not None and cached[0] == period:
-            return cached[1], cached[2]
-        u = gaussian((w.shape[0], self.rank(index)), w, self.seed, period, index, BASIS, 0)
-        v = gaussian((w.shape[1], self.rank(index)), w, self.seed, period, index, BASIS, 1)
-        if getattr(self, "functional", None) is not None:
-            self._bases[index] = (period, u, v)
-        return u, v
+        """U and V of a period, drawn once."""
+        def draw():
+            shapes = ((w.shape[0], self.rank(index)), (w.shape[1], self.rank(index)))
+            return tuple(gaussian(shape, w, self.seed, period, index, BASIS, side) for side, shape in enumerate(shapes))
+        return self.periodic(index, period, draw)
 
     def basis_of(self, index, w, period):
         return self.basis(index, w, period)[1]
 
     def tau(self, index: int, w: torch.Tensor, step: int, query: int) -> torch.Tensor:
-        return gaussian((self.rank(index),), w, self.seed, step, query, index, DIRECTION)
+        return self.drawn(("tau", index, query), step, lambda: gaussian((self.rank(index),), w, self.seed, step, query, index, DIRECTION))
 
     def factors(self, index, w, step, query):
         u, v = self.basis(index, w, self.period(step))
