@@ -97,3 +97,31 @@ def test_carried_perturbations_on_the_gpu_change_no_bit_of_a_run(tiny, monkeypat
         runs[carry] = ([(r.get("loss"), r.get("proj_grad"), r.get("accuracy")) for r in rows], final_weights(recipe))
     assert runs[True][0] == runs[False][0]
     assert all(torch.equal(runs[True][1][k], runs[False][1][k]) for k in runs[True][1])
+
+
+@pytest.mark.parametrize("method", [
+    {"name": "lozo", "rank": 2, "lazy_interval": 5},
+    {"name": "subzo", "rank": 2, "update_interval": 5},
+    {"name": "tezo", "rank": 2, "refresh_interval": 5},
+], ids=["lozo", "subzo", "tezo"])
+def test_low_rank_steps_in_two_passes_follow_four_pass_steps_on_the_gpu(tiny, method, monkeypatch):
+    """In place with graphed forwards, evaluations and checkpoints between: steps that fold the
+    restore, the update and the next perturbation into one addmm per matrix give the projected
+    gradients and weights of steps that make each pass apart, to fp32 rounding."""
+    from zoft.methods.lowrank import LowRankMethod
+    from test_train import final_weights
+
+    tiny["model"].update(device="cuda", name_or_path="tiny:llama-32x2")
+    tiny["method"].update(method, path="inplace", eps=1e-2)
+    tiny["train"]["max_steps"] = 12
+    tiny["eval"]["every"], tiny["checkpoint"]["every"] = 4, 6
+    runs = {}
+    for fold in (True, False):
+        recipe = copy.deepcopy(tiny)
+        recipe["run"]["name"] = f"fold-{fold}"
+        monkeypatch.setattr(LowRankMethod, "can_carry", lambda self, fold=fold: fold and self.functional is None)
+        train(recipe)
+        rows = read_metrics(run_dir(recipe) / "metrics.jsonl")
+        runs[fold] = (torch.tensor([r["proj_grad"] for r in rows if "proj_grad" in r]), final_weights(recipe))
+    torch.testing.assert_close(runs[True][0], runs[False][0], rtol=1e-3, atol=1e-3)
+    assert all(torch.allclose(runs[True][1][k], runs[False][1][k], rtol=1e-4, atol=1e-6) for k in runs[True][1])
