@@ -104,11 +104,10 @@ def test_carried_perturbations_on_the_gpu_change_no_bit_of_a_run(tiny, monkeypat
     {"name": "subzo", "rank": 2, "update_interval": 5},
     {"name": "tezo", "rank": 2, "refresh_interval": 5},
 ], ids=["lozo", "subzo", "tezo"])
-def test_low_rank_steps_in_two_passes_follow_four_pass_steps_on_the_gpu(tiny, method, monkeypatch):
+def test_low_rank_steps_in_three_passes_follow_four_pass_steps_on_the_gpu(tiny, method):
     """In place with graphed forwards, evaluations and checkpoints between: steps that fold the
-    restore, the update and the next perturbation into one addmm per matrix give the projected
-    gradients and weights of steps that make each pass apart, to fp32 rounding."""
-    from zoft.methods.lowrank import LowRankMethod
+    last restore into the update's addmm give the projected gradients and weights of steps that
+    restore by copy and update apart, to fp32 rounding."""
     from test_train import final_weights
 
     tiny["model"].update(device="cuda", name_or_path="tiny:llama-32x2")
@@ -116,12 +115,13 @@ def test_low_rank_steps_in_two_passes_follow_four_pass_steps_on_the_gpu(tiny, me
     tiny["train"]["max_steps"] = 12
     tiny["eval"]["every"], tiny["checkpoint"]["every"] = 4, 6
     runs = {}
-    for fold in (True, False):
+    for restore in ("arithmetic", "copy"):
         recipe = copy.deepcopy(tiny)
-        recipe["run"]["name"] = f"fold-{fold}"
-        monkeypatch.setattr(LowRankMethod, "can_carry", lambda self, fold=fold: fold and self.functional is None)
+        recipe["run"]["name"] = restore
+        recipe["method"]["restore"] = restore
         train(recipe)
         rows = read_metrics(run_dir(recipe) / "metrics.jsonl")
-        runs[fold] = (torch.tensor([r["proj_grad"] for r in rows if "proj_grad" in r]), final_weights(recipe))
-    torch.testing.assert_close(runs[True][0], runs[False][0], rtol=1e-3, atol=1e-3)
-    assert all(torch.allclose(runs[True][1][k], runs[False][1][k], rtol=1e-4, atol=1e-6) for k in runs[True][1])
+        runs[restore] = (torch.tensor([r["proj_grad"] for r in rows if "proj_grad" in r]), final_weights(recipe))
+    torch.testing.assert_close(runs["arithmetic"][0], runs["copy"][0], rtol=1e-3, atol=1e-3)
+    weights = runs["arithmetic"][1]
+    assert all(torch.allclose(weights[k], runs["copy"][1][k], rtol=1e-4, atol=1e-6) for k in weights)

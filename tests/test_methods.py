@@ -243,11 +243,10 @@ def test_mezo_dense_direction_is_one_tensor_at_a_time():
     ("lozo", "sgd", 50), ("lozo", "momentum", 2), ("subzo", "sgd", 50), ("subzo", "sgd", 2),
     ("tezo", "sgd", 50), ("tezo", "adam", 2),
 ], ids=["lozo", "lozo-m-new-periods", "subzo", "subzo-new-periods", "tezo", "tezo-adam-new-periods"])
-def test_a_low_rank_step_makes_two_weight_passes_and_draws_each_direction_once(name, optim, interval, monkeypatch):
-    """In place, the last restore, the update and the next step's first perturbation share one
-    addmm per matrix (the next apart when it opens a new basis period): the losses, projected
-    gradients and weights of steps that restore by copy and update apart, to fp32 rounding (which
-    the finite differences magnify: ulp(L)/ε in a projected gradient)."""
+def test_a_low_rank_step_makes_three_weight_passes_and_draws_each_direction_once(name, optim, interval, monkeypatch):
+    """In place, the last restore and the update share one addmm per matrix: the losses,
+    projected gradients and weights of steps that restore by copy and update apart, to fp32
+    rounding (which the finite differences magnify: ulp(L)/ε in a projected gradient)."""
     import zoft.methods.lozo as lozo_module
     import zoft.methods.subzo as subzo_module
     import zoft.methods.tezo as tezo_module
@@ -268,10 +267,9 @@ def test_a_low_rank_step_makes_two_weight_passes_and_draws_each_direction_once(n
         results, per_step = [], []
         for step in range(6):
             passes.clear(), draws.clear()
-            results.append(method.step(loss, step, 1e-4, carry=folded and step < 5))
+            results.append(method.step(loss, step, 1e-4))
             per_step.append((sum(passes), len(draws)))
         monkeypatch.undo()
-        assert method.carried is None
         runs[folded] = results, [p.clone() for _, p in params], per_step
     (plain, plain_weights, _), (folded, folded_weights, per_step) = runs[False], runs[True]
     for a, b in zip(plain, folded):
@@ -279,6 +277,6 @@ def test_a_low_rank_step_makes_two_weight_passes_and_draws_each_direction_once(n
         assert b.grads == pytest.approx(a.grads, rel=1e-3, abs=2 * quantum) and b.loss == pytest.approx(a.loss, rel=1e-5)
     moved = max((w - p).abs().max() for w, (_, p) in zip(plain_weights, fresh_params(m=32, n=24)))
     assert all(torch.allclose(a, b, rtol=0, atol=1e-4 * moved) for a, b in zip(plain_weights, folded_weights))
-    if interval == 50:  # steps 1-4 begin perturbed and carry: −2ε, then restore + update + next +ε
-        assert [p for p, _ in per_step[1:5]] == [2] * 4
-        assert [d for _, d in per_step[1:5]] == [1] * 4  # the step's U, τ or S, drawn once for the next step
+    if interval == 50:  # +ε, −2ε, then restore and update in one
+        assert [p for p, _ in per_step[1:]] == [3] * 5
+        assert [d for _, d in per_step[1:]] == [1] * 5  # the step's U, τ or S, drawn once

@@ -155,3 +155,5 @@ def test_the_memory_of_a_cell_is_its_training_steps_without_the_evaluations():
             step(4, 1.1), step(5, 1.3)]
     assert results_table.training_peak(rows, 5) == 1.3
     assert results_table.training_peak(rows, 3) == 1.2
+    zero_shot_first = [{"step": 0, "split": "dev", "accuracy": 0.5}, step(1, 3.2), step(2, 3.1)]
+    assert results_table.training_peak(zero_shot_first, 2) == 3.2  # no step before it: the whole peak

@@ -211,14 +211,17 @@ def read_at(rows: list[dict], metric: str, budget: int) -> dict | None:
 def training_peak(rows: list[dict], budget: int) -> float:
     """The peak memory of the training steps up to `budget`, evaluations left out (they cost the
     same for every method). A step's `mem_gib` is the peak since its process's last evaluation
-    that logged its own; records from before evaluations did so count only up to the first one."""
-    peak, clean = 0.0, True
+    that logged its own; records from before evaluations did so count only up to the first one
+    (and where an evaluation came before every step, zero-shot, the whole peak is all there is)."""
+    clean_peak, whole_peak, clean = None, 0.0, True
     for r in rows:
         if "split" in r:
             clean = "mem_gib" in r
-        elif clean and "loss" in r and r["step"] <= budget:
-            peak = max(peak, r["mem_gib"])
-    return peak
+        elif "loss" in r and r["step"] <= budget:
+            whole_peak = max(whole_peak, r["mem_gib"])
+            if clean:
+                clean_peak = max(clean_peak or 0.0, r["mem_gib"])
+    return whole_peak if clean_peak is None else clean_peak
 
 
 def metric_of(model: str, column: str, table: dict) -> str:

@@ -87,6 +87,7 @@ class Shape:
     act_bytes: int
     tokens: int  # batch × sequence
     frozen: float = 0.0  # bytes of the weights that are not trained (the base model under LoRA)
+    packed: frozenset[int] = frozenset()  # trained tensors stored quantized (by index in `params`)
 
 
 # bytes per weight of a quantized linear layer: nf4 packs two per byte plus an fp32 absmax per
@@ -111,8 +112,8 @@ def shape_of(model, batch: int, seq: int, trained=None, quantization: str = "non
     params = tuple((tuple(p.shape), size(p)) for p in trained)
     frozen = float(sum(p.numel() * size(p) for p in model.parameters() if id(p) not in ids))
     dtype = next(model.parameters()).dtype
-    return Shape(params, c.hidden_size, ffn, c.num_hidden_layers, c.vocab_size,
-                 hasattr(c, "intermediate_size"), torch.finfo(dtype).bits // 8, batch * seq, frozen)
+    return Shape(params, c.hidden_size, ffn, c.num_hidden_layers, c.vocab_size, hasattr(c, "intermediate_size"),
+                 torch.finfo(dtype).bits // 8, batch * seq, frozen, frozenset(i for i, p in enumerate(trained) if id(p) in packed))
 
 
 def forward_activations(s: Shape) -> float:
@@ -142,6 +143,8 @@ def estimate(s: Shape, method: str, optimizer: str, rank: int = 2, functional: b
     `functional`: a low-rank method on the functional path (engine.md), which also keeps the
     update accumulated in factor space (m×r, fp32)."""
     matrices = [(shape, b) for shape, b in s.params if len(shape) >= 2]
+    # a direction is drawn in its tensor's dtype, or the compute dtype for a packed (quantized) one
+    drawn_bytes = [s.act_bytes if i in s.packed else b for i, (shape, b) in enumerate(s.params) if len(shape) >= 2]
     vectors = [(shape, b) for shape, b in s.params if len(shape) < 2]
     numel = lambda shape: int(torch.Size(shape).numel())  # noqa: E731
     trained = float(sum(numel(shape) * b for shape, b in s.params))
@@ -162,7 +165,7 @@ def estimate(s: Shape, method: str, optimizer: str, rank: int = 2, functional: b
         cols = lambda shape: numel(shape) // shape[0]  # noqa: E731
         kept = {"lozo": cols, "tezo": lambda shape: shape[0] + cols(shape), "subzo": lambda shape: shape[0] + cols(shape)}[method]
         # each matrix's basis for its period (LOZO's V; TeZO's U, V; SubZO's orthonormal P, Q)
-        method_state = sum(kept(shape) * r(shape) * s.act_bytes for shape, _ in matrices)
+        method_state = sum(kept(shape) * r(shape) * b for (shape, _), b in zip(matrices, drawn_bytes))
         if method == "lozo" and optimizer == "momentum":  # N, m·r per layer
             optimizer_state = sum(shape[0] * r(shape) * b for shape, b in matrices)
         if method == "tezo":  # r (momentum) or 2r (adam) fp32 numbers per layer

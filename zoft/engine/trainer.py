@@ -350,12 +350,12 @@ class Trainer:
         if resume_from == REPLAY:
             start, replayed = self._replay(session)
             state.update(replayed)
-            self.metrics.truncate_after(start)
+            self.metrics.truncate_after(start, evaluated=state["last_dev_step"] == start)
             self.reporter.message(f"replayed the {start} logged steps of {self.run_dir / 'metrics.jsonl'}")
         elif resume_from is not None:
             loaded = checkpoint.load(resume_from, session.params, session.method)
             start, state = loaded.step, {**state, **loaded.state}
-            self.metrics.truncate_after(start)
+            self.metrics.truncate_after(start, evaluated=state.get("last_dev_step") == start)
             self.reporter.message(f"resumed from {resume_from} (step {start})")
         state["step"] = start  # the weights are those after state["step"] steps; kept up to date
         self._write_run_files()
@@ -567,8 +567,8 @@ class Trainer:
     def _track_best(self, session: Session, state: dict, step: int) -> None:
         metric = session.objective.metric
         score = self._evaluate(session, "dev", step)[metric]
-        state["last_dev_step"] = step
         test = self._evaluate(session, "test", step)[metric] if self.recipe.eval.test_each and session.test else None
+        state["last_dev_step"] = step  # once the whole evaluation is made (a checkpoint may follow it)
         if state["best_dev"] is None or score > state["best_dev"]:
             state["best_dev"], state["best_step"], state["best_test"] = score, step, test
             self._save(session, step, state, name="best")

@@ -83,14 +83,11 @@ class LowRankMethod(ZOMethod):
         return 1.0 / self.rank(index) if getattr(self.cfg, "normalize", False) else 1.0
 
     def drawn(self, key: tuple, step: int, draw: Callable[[], object]):
-        """`draw()` once per (step, key): the passes of a step (+ε, −2ε, the restore, the update,
-        and a carried perturbation of the next step) reuse the directions it drew (LOZO's U, TeZO's
-        τ, SubZO's S) instead of drawing them again, a launch per matrix and pass saved. What
-        earlier steps drew goes once a later step draws."""
+        """`draw()` once per (step, key): the passes of a step (+ε, −2ε, the restore and the update)
+        reuse the directions it drew (LOZO's U, TeZO's τ, SubZO's S) instead of drawing them
+        again, a launch per matrix and pass saved. What other steps drew goes once a step draws."""
         if step not in self._drawn:
-            for old in [s for s in self._drawn if s < step - 1]:
-                del self._drawn[old]
-            self._drawn[step] = {}
+            self._drawn = {step: {}}
         kept = self._drawn[step]
         if key not in kept:
             kept[key] = draw()
@@ -187,31 +184,24 @@ class LowRankMethod(ZOMethod):
     def update(self, step: int, grads: Sequence[float], lr: float) -> None:
         self.apply_update(step, grads, lr)
 
-    def can_carry(self) -> bool:
-        """In place without weight decay (`finish`)."""
-        return self.functional is None and not self.optim.weight_decay
-
     def finish(self, step, grads, lr, pending, carry=False):
-        """In place without weight decay, the last restore, the update and (`carry`) the next
-        step's first perturbation share one addmm per matrix, all three directions having this
-        period's basis B: W += (A_update − s·ε·A_restored + ε·A_next) Bᵀ (A_next apart when the
-        next step opens a new period). Two weight passes a step, where there were four."""
-        if not grads or not self.can_carry():
+        """In place without weight decay, the last restore and the update share one addmm per
+        matrix, both directions having this period's basis B: W += (A_update − s·ε·A_restored) Bᵀ,
+        the factor summed in fp32 and rounded once. Three weight passes a step, where there were
+        four. (Carrying the next step's +ε into it too would save one more, but then whether a
+        step folds would depend on what follows it, an evaluation or Ctrl-C, and a resumed run
+        would differ from an uninterrupted one by roundings: MeZO's carrying is exact, this is not.)"""
+        if not grads or self.functional is not None or self.optim.weight_decay:
             return super().finish(step, grads, lr, pending)
-        self.apply_update(step, grads, lr, pending, carry)
+        self.apply_update(step, grads, lr, pending)
 
-    def apply_update(self, step: int, grads: Sequence[float], lr: float, undo: Pending = None, carry: bool = False) -> None:
-        eps = self.cfg.eps
+    def apply_update(self, step: int, grads: Sequence[float], lr: float, undo: Pending = None) -> None:
         self.update_group(step, grads, lr, undo)
-        if carry:
-            self.perturb_group(step + 1, 0, 1.0)
         for index, (name, p) in enumerate(self.params):
             if self.grouped(p):
                 continue
             if self.is_dense(p):
                 self.update_dense(index, name, p, step, grads, lr, undo=undo)
-                if carry:
-                    self.perturb_dense(index, p, step + 1, 0, 1.0)
                 continue
             w = self.like(index)
             a = self.update_factors(index, name, w, step, grads, lr)
@@ -220,22 +210,11 @@ class LowRankMethod(ZOMethod):
                 self.functional.live.add(index)
                 continue
             self.decay(p, lr)
-            basis = self.basis_of(index, w, self.period(step))
-            if undo is not None or carry:  # summed in fp32, rounded once
-                a = a.float()
-                if undo is not None:
-                    a = a - undo[1] * eps * self.factors(index, w, step, undo[0])[0].float()
-                if carry:
-                    a_next, b_next = self.factors(index, w, step + 1, 0)
-                    if self.period(step + 1) == self.period(step):
-                        a = a + eps * a_next.float()
-                    else:
-                        w.addmm_(a_next, b_next.T, alpha=eps)
-            w.addmm_(a.to(w.dtype), basis.T)
+            if undo is not None:  # summed in fp32, rounded once
+                a = a.float() - undo[1] * self.cfg.eps * self.factors(index, w, step, undo[0])[0].float()
+            w.addmm_(a.to(w.dtype), self.basis_of(index, w, self.period(step)).T)
         if self.functional is not None:
             self.functional.changed()
-        if carry:
-            self.carried = step + 1
         self.updated(step)
 
     def updated(self, step: int) -> None:

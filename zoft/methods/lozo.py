@@ -29,7 +29,11 @@ class LOZO(LowRankMethod):
                     self.momentum[f"N.{name}"] = torch.zeros(w.shape[0], self.rank(index), dtype=w.dtype, device=w.device)
 
     def v(self, index: int, w: torch.Tensor, k: int) -> torch.Tensor:
-        return self.periodic(index, k, lambda: gaussian((w.shape[1], self.rank(index)), w, self.seed, k, index, BASIS))
+        """V_k, kept for its period."""
+        return self.periodic(index, k, lambda: self.draw_v(index, w, k))
+
+    def draw_v(self, index: int, w: torch.Tensor, k: int) -> torch.Tensor:
+        return gaussian((w.shape[1], self.rank(index)), w, self.seed, k, index, BASIS)
 
     def u(self, index: int, w: torch.Tensor, step: int, query: int) -> torch.Tensor:
         draw = lambda: gaussian((w.shape[0], self.rank(index)), w, self.seed, step, query, index, DIRECTION)  # noqa: E731
@@ -53,7 +57,7 @@ class LOZO(LowRankMethod):
             n_buf = self.momentum[f"N.{name}"]
             old = int(self.momentum_basis)
             if old != k:  # carry N into the new basis: N V_oldᵀ V_new / n
-                n_buf.copy_(n_buf @ (self.v(index, w, old).T @ self.v(index, w, k)) / w.shape[1])
+                n_buf.copy_(n_buf @ (self.draw_v(index, w, old).T @ self.v(index, w, k)) / w.shape[1])  # the old V, not kept
             beta = self.optim.beta_values()[0]
             n_buf.mul_(beta).add_(factor, alpha=1 - beta)
             factor = n_buf

@@ -11,8 +11,9 @@ class MetricsLog:
         self.path = path
         self.enabled = enabled  # only one process of a distributed run writes
 
-    def truncate_after(self, step: int) -> None:
-        """Drop events after `step` (written after the checkpoint a resume starts from)."""
+    def truncate_after(self, step: int, evaluated: bool = True) -> None:
+        """Drop events after `step` (written after the checkpoint a resume starts from), and, unless
+        `evaluated`, the records of an evaluation at `step` cut short (the resume makes it again)."""
         if not self.enabled or not self.path.exists():
             return
         kept = []
@@ -21,7 +22,7 @@ class MetricsLog:
                 record = json.loads(line)
             except json.JSONDecodeError:  # a line cut by a crash
                 continue
-            if record.get("step", 0) <= step:
+            if record.get("step", 0) < step or (record.get("step", 0) == step and (evaluated or "split" not in record)):
                 kept.append(line)
         self.path.write_text("".join(f"{line}\n" for line in kept))
 
