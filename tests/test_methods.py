@@ -259,11 +259,14 @@ def test_a_low_rank_step_makes_three_weight_passes_and_draws_each_direction_once
         method = make(name, params, OptimConfig(name=optim), rank=2, eps=1e-2, restore="arithmetic" if folded else "copy", **{key: interval})
         weight = params[0][1]
         passes, draws = [], []
-        addmm = torch.Tensor.addmm_
-        monkeypatch.setattr(torch.Tensor, "addmm_", lambda t, *a, **k: (passes.append(t.data_ptr() == weight.data_ptr()), addmm(t, *a, **k))[1])
+        def counted_addmm(t, *args, addmm=torch.Tensor.addmm_, passes=passes, weight=weight, **kwargs):
+            passes.append(t.data_ptr() == weight.data_ptr())
+            return addmm(t, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, "addmm_", counted_addmm)
         for module in (lozo_module, subzo_module, tezo_module):
             real = module.gaussian
-            monkeypatch.setattr(module, "gaussian", lambda *a, real=real, **k: (draws.append(1), real(*a, **k))[1])
+            monkeypatch.setattr(module, "gaussian", lambda *a, real=real, draws=draws, **k: (draws.append(1), real(*a, **k))[1])
         results, per_step = [], []
         for step in range(6):
             passes.clear(), draws.clear()
