@@ -350,13 +350,13 @@ class Trainer:
         if resume_from == REPLAY:
             start, replayed = self._replay(session)
             state.update(replayed)
-            self.metrics.truncate_after(start, evaluated=state["last_dev_step"] == start)
             self.reporter.message(f"replayed the {start} logged steps of {self.run_dir / 'metrics.jsonl'}")
         elif resume_from is not None:
             loaded = checkpoint.load(resume_from, session.params, session.method)
             start, state = loaded.step, {**state, **loaded.state}
-            self.metrics.truncate_after(start, evaluated=state.get("last_dev_step") == start)
             self.reporter.message(f"resumed from {resume_from} (step {start})")
+        if resume_from is not None:
+            self.metrics.truncate_after(start, evaluated=state.get("last_dev_step") == start)
         state["step"] = start  # the weights are those after state["step"] steps; kept up to date
         self._write_run_files()
         self.peaks = Peaks(session.device)
