@@ -11,7 +11,7 @@ from zoft.engine.objective import OBJECTIVES, encode
 from zoft.models.tiny import build_tiny
 from zoft.tracking.metrics import read_metrics
 
-from test_train import run_dir, train
+from test_train import final_weights, run_dir, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 
@@ -81,7 +81,6 @@ def test_carried_perturbations_on_the_gpu_change_no_bit_of_a_run(tiny, monkeypat
     """The compiled two-term kernel (fused FMA, round to nearest even) and graphed forwards: a run
     whose MeZO steps carry their successors' perturbations equals one that never carries."""
     from zoft.methods.mezo import MeZO
-    from test_train import final_weights
 
     tiny["model"].update(device="cuda", name_or_path="tiny:llama-128x2", dtype="bf16")  # its embedding: a kernel pass
     tiny["method"]["noise"] = "triton"
@@ -108,8 +107,6 @@ def test_low_rank_steps_in_three_passes_follow_four_pass_steps_on_the_gpu(tiny, 
     """In place with graphed forwards, evaluations and checkpoints between: steps that fold the
     last restore into the update's addmm give the projected gradients and weights of steps that
     restore by copy and update apart, to fp32 rounding."""
-    from test_train import final_weights
-
     tiny["model"].update(device="cuda", name_or_path="tiny:llama-32x2")
     tiny["method"].update(method, path="inplace", eps=1e-2)
     tiny["train"]["max_steps"] = 12

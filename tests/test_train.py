@@ -31,6 +31,14 @@ def run_dir(recipe: dict) -> Path:
     return Path(recipe["run"]["output_dir"]) / recipe["run"]["name"]
 
 
+def final_weights(recipe: dict) -> dict:
+    """The trained tensors of the run's checkpoint at its last step."""
+    from safetensors.torch import load_file
+
+    last = f"step_{recipe['train']['max_steps']:07d}"
+    return load_file(run_dir(recipe) / "checkpoints" / last / "trainable.safetensors")
+
+
 def train_copy(recipe: dict, name: str) -> dict:
     """Train a copy of `recipe` under another run name (the reference run of a comparison)."""
     other = copy.deepcopy(recipe)
@@ -51,11 +59,7 @@ def assert_resume_is_exact(recipe: dict, stop_at: int = 3) -> None:
     split["checkpoint"]["resume"] = "auto"
     train(split)
     assert train_records(split) == train_records(whole)
-    from safetensors.torch import load_file
-
-    last = f"step_{steps:07d}"
-    a = load_file(run_dir(whole) / "checkpoints" / last / "trainable.safetensors")
-    b = load_file(run_dir(split) / "checkpoints" / last / "trainable.safetensors")
+    a, b = final_weights(whole), final_weights(split)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -157,10 +161,7 @@ def test_replay_rebuilds_a_run_from_its_metrics_alone_bit_for_bit(tiny, method, 
     again = [r for r in read_metrics(run_dir(moved) / "metrics.jsonl") if "split" not in r]
     assert again[:4] == logged  # replayed, not recomputed: the first steps' records (times too) are the logged ones
     assert train_records(moved) == train_records(whole)
-    from safetensors.torch import load_file
-
-    a = load_file(run_dir(whole) / "checkpoints" / "step_0000006" / "trainable.safetensors")
-    b = load_file(run_dir(moved) / "checkpoints" / "step_0000006" / "trainable.safetensors")
+    a, b = final_weights(whole), final_weights(moved)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -278,13 +279,6 @@ def test_adazeta_with_a_derived_rate_refuses_a_longer_resume(tiny):
     tiny["checkpoint"]["resume"] = None
     tiny["run"]["overwrite"] = True
     train(tiny)
-
-
-def final_weights(recipe: dict) -> dict:
-    from safetensors.torch import load_file
-
-    last = f"step_{recipe['train']['max_steps']:07d}"
-    return load_file(run_dir(recipe) / "checkpoints" / last / "trainable.safetensors")
 
 
 def test_carried_perturbations_change_no_bit_of_a_run(tiny, monkeypatch):
