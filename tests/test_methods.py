@@ -22,15 +22,15 @@ def make(name, params, optim=None, seed=7, **cfg):
     return METHODS.get(name, "")(params, config, optim or OptimConfig(), seed, steps_per_epoch=10, max_steps=100)
 
 
-def fresh_params(dtype=torch.float32, m=6, n=5):
+def fresh_params(dtype=torch.float32, m=6, n=5, device="cpu"):
     gen = torch.Generator().manual_seed(0)
-    return [("w", (torch.randn(m, n, generator=gen) * 0.05).to(dtype)), ("b", (torch.randn(n, generator=gen) * 0.05).to(dtype))]
+    return [(name, (torch.randn(shape, generator=gen) * 0.05).to(device, dtype)) for name, shape in (("w", (m, n)), ("b", (n,)))]
 
 
 def quadratic(params):
     """L = Σ (a ⊙ (θ − t))² over every tensor: its exact gradient, and a loss closure."""
     gen = torch.Generator().manual_seed(1)
-    coeffs = [(torch.rand(p.shape, generator=gen) + 0.5, torch.randn(p.shape, generator=gen)) for _, p in params]
+    coeffs = [((torch.rand(p.shape, generator=gen) + 0.5).to(p.device), torch.randn(p.shape, generator=gen).to(p.device)) for _, p in params]
 
     def loss():
         return sum(((a * (p - t)) ** 2).sum() for (_, p), (a, t) in zip(params, coeffs))
@@ -41,7 +41,7 @@ def quadratic(params):
 
 def sampled_estimates(method, params, loss, n):
     """The SGD update direction ĝ of n independent steps at the same θ (lr = 1)."""
-    total = torch.zeros(sum(p.numel() for _, p in params))
+    total = torch.zeros(sum(p.numel() for _, p in params), device=params[0][1].device)
     for step in range(n):
         before = [p.clone() for _, p in params]
         result = method.estimate(loss, step)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -12,9 +14,13 @@ from zoft.errors import ZoftError
 
 from test_methods import fresh_params, make, quadratic, sampled_estimates
 
+# Interpreted (TRITON_INTERPRET=1, as conftest sets by default) the kernel reads CPU tensors;
+# compiled on a GPU it reads CUDA ones only: the tests below build theirs where it can read them.
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
+
 
 def test_the_kernel_draws_standard_gaussians_that_regenerate_exactly():
-    z = torch.zeros(40_003)  # not a multiple of the block: the tail is masked
+    z = torch.zeros(40_003, device=KERNEL_DEVICE)  # not a multiple of the block: the tail is masked
     add_gaussian_(z, 1.0, (3, 1, 0, 2), "triton")
     assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 1) < 0.02
     assert abs(float((z**4).mean()) - 3) < 0.15  # Gaussian tails, not uniform ones
@@ -40,7 +46,7 @@ def test_the_kernel_adds_in_place_exactly_as_torch_would_with_its_z(dtype):
 
 
 def test_mezo_on_the_kernel_estimates_the_gradient_as_the_torch_path_does():
-    params = fresh_params()
+    params = fresh_params(device=KERNEL_DEVICE)
     loss, grad = quadratic(params)
     estimates = {}
     for noise in ("torch", "triton"):
@@ -57,7 +63,7 @@ def test_mezo_on_the_kernel_estimates_the_gradient_as_the_torch_path_does():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_fused_restore_and_update_equals_restoring_then_updating(noise, dtype):
     """`step` folds the last restore into the update's pass: the same step up to one rounding."""
-    fused_params, plain_params = fresh_params(dtype), fresh_params(dtype)
+    fused_params, plain_params = fresh_params(dtype, device=KERNEL_DEVICE), fresh_params(dtype, device=KERNEL_DEVICE)
     # bf16: one query, since a second would see the first's restore drift (an ulp) through 1/2ε
     queries = 2 if dtype == torch.float32 else 1
     fused = make("mezo", fused_params, eps=1e-3, noise=noise, n_queries=queries)
@@ -68,7 +74,7 @@ def test_the_fused_restore_and_update_equals_restoring_then_updating(noise, dtyp
     assert a.grads == pytest.approx(b.grads, rel=1e-2)
     ulp = 2.0 ** (-8 if dtype == torch.bfloat16 else -24)
     for (_, p), (_, q) in zip(fused_params, plain_params):
-        moved = float((q.float() - fresh_params()[0][1].flatten()[0]).abs().max())
+        moved = float((q.float() - fresh_params(device=KERNEL_DEVICE)[0][1].flatten()[0]).abs().max())
         assert moved > 0
         assert float((p.float() - q.float()).abs().max()) <= 4 * ulp * float(q.float().abs().max())
 
@@ -124,7 +130,8 @@ def test_two_terms_in_one_pass_add_what_two_passes_add():
 def big_params(dtype):
     """One matrix above the grouping threshold (its own kernel pass) beside small grouped tensors."""
     gen = torch.Generator().manual_seed(3)
-    return [("big", (torch.randn(300, 257, generator=gen) * 0.05).to(dtype))] + fresh_params(dtype)
+    big = (torch.randn(300, 257, generator=gen) * 0.05).to(KERNEL_DEVICE, dtype)
+    return [("big", big)] + fresh_params(dtype, device=KERNEL_DEVICE)
 
 
 @pytest.mark.parametrize("noise", ["torch", "triton"])

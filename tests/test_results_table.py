@@ -87,8 +87,9 @@ def test_pack_carries_the_records_without_the_weights_in_parts(tmp_path):
     (runs / "m-mezo-sst2" / "checkpoints" / "best").mkdir(parents=True)
     (runs / "m-mezo-sst2" / "checkpoints" / "best" / "trainable.safetensors").write_bytes(b"w" * 1000)
     (runs / "m-mezo-sst2.log").write_text("step 1\n")
-    results_table.pack(argparse.Namespace(output=str(runs), to=str(tmp_path / "rec"), part_mb=0.01), table)
-    parts = sorted(tmp_path.glob("rec.part*"))
+    to = tmp_path / "not" / "yet" / "rec"  # pack makes the folder
+    results_table.pack(argparse.Namespace(output=str(runs), to=str(to), part_mb=0.01), table)
+    parts = sorted(to.parent.glob("rec.part*"))
     assert len(parts) > 1 and all(p.stat().st_size <= 10_000 for p in parts)
     with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts))) as tar:
         names = tar.getnames()

@@ -171,6 +171,7 @@ def pack(args, table: dict) -> None:
                 info.size, info.mtime = len(content), int(path.stat().st_mtime)
                 tar.addfile(info, io.BytesIO(content))
     data, size = buffer.getvalue(), int(args.part_mb * 1e6)
+    Path(args.to).parent.mkdir(parents=True, exist_ok=True)
     parts = [data[i:i + size] for i in range(0, len(data), size)] or [b""]
     for index, part in enumerate(parts):  # each part whole or not at all, should the machine go mid-write
         target = Path(f"{args.to}.part{index:02d}")
