@@ -11,6 +11,7 @@ import time
 import torch
 
 from zoft.config.loader import load_recipe
+from zoft.engine.memory import VARIANTS
 from zoft.engine.objective import BatchLoss
 from zoft.engine.profiling import method_for, synthetic_batch
 from zoft.engine.trainer import prepare_model
@@ -25,7 +26,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--set", nargs="*", default=[], help="extra recipe overrides, e.g. method.path=inplace")
     args = parser.parse_args()
-    recipe = load_recipe("profile/opt-1.3b", [f"model.config={args.shape}", "model.dtype=bf16", "model.device=cuda", *args.set])
+    method_name = VARIANTS[args.method][0]  # so that --set may name that method's keys (method.path, method.rank)
+    recipe = load_recipe(
+        "profile/opt-1.3b", [f"model.config={args.shape}", "model.dtype=bf16", "model.device=cuda", f"method.name={method_name}", *args.set]
+    )
     model, _, params = prepare_model(recipe, 0)
     device = next(model.parameters()).device
     objective, data = synthetic_batch(model.config.vocab_size, args.batch, args.seq, device)
