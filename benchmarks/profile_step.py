@@ -20,7 +20,7 @@ from zoft.engine.trainer import prepare_model
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shape", default="llama-7b")
-    parser.add_argument("--method", default="tezo", help="a profile-memory variant: mezo, lozo, tezo-adam, ...")
+    parser.add_argument("--method", default="tezo", choices=sorted(VARIANTS), help="a profile-memory variant")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3)
