@@ -34,12 +34,11 @@ def test_the_kernel_draws_standard_gaussians_that_regenerate_exactly():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_kernel_adds_in_place_exactly_as_torch_would_with_its_z(dtype):
-    device = KERNEL_DEVICE
-    w = torch.randn(257, 33, device=device).to(dtype)
+    w = torch.randn(257, 33, device=KERNEL_DEVICE).to(dtype)
     z = gaussian_like(w.float(), (5,), "triton")
     expected = (w.float() + 1e-2 * z).to(dtype)
     add_gaussian_(w, 1e-2, (5,), "triton")
-    if dtype == torch.bfloat16 and device == "cpu":  # the interpreter rounds to bf16 toward zero
+    if dtype == torch.bfloat16 and KERNEL_DEVICE == "cpu":  # the interpreter rounds to bf16 toward zero
         torch.testing.assert_close(w, expected, rtol=2**-7, atol=0)
     else:  # compiled, the kernel rounds to nearest even, as torch does
         torch.testing.assert_close(w, expected, rtol=0, atol=0)
@@ -91,10 +90,9 @@ def test_one_launch_over_many_tensors_adds_what_one_launch_each_adds():
     """The many-tensor kernel gives every tensor the z of its own key, bit for bit (tails, dtypes, torch leftovers)."""
     from zoft.engine.noise import add_gaussian_many_
 
-    device = KERNEL_DEVICE
     shapes = [(5000,), (64, 130), (3, 4097), (10,)]
-    tensors = [torch.randn(s, device=device) for s in shapes] + [torch.randn(7000, device=device).bfloat16()]
-    tensors.append(torch.randn(40, 30, device=device).T)  # not contiguous: the torch path, its own stream
+    tensors = [torch.randn(s, device=KERNEL_DEVICE) for s in shapes] + [torch.randn(7000, device=KERNEL_DEVICE).bfloat16()]
+    tensors.append(torch.randn(40, 30, device=KERNEL_DEVICE).T)  # not contiguous: the torch path, its own stream
     keys = [(1, 2, 3, i, 0) for i in range(len(tensors))]
     one_each, together = [t.clone() for t in tensors], [t.clone() for t in tensors]
     for t, k in zip(one_each, keys):
@@ -109,9 +107,8 @@ def test_two_terms_in_one_pass_add_what_two_passes_add():
     """The carried perturbation's kernel: alpha·z(k), then alpha2·z(k2), each rounded as its own pass."""
     from zoft.engine.noise import add_gaussian_many_
 
-    device = KERNEL_DEVICE
-    tensors = [torch.randn(5000, device=device), torch.randn(3, 4097, device=device), torch.randn(7000, device=device).bfloat16()]
-    tensors.append(torch.randn(40, 30, device=device).T)  # not contiguous: two torch passes
+    tensors = [torch.randn(5000, device=KERNEL_DEVICE), torch.randn(3, 4097, device=KERNEL_DEVICE), torch.randn(7000, device=KERNEL_DEVICE).bfloat16()]
+    tensors.append(torch.randn(40, 30, device=KERNEL_DEVICE).T)  # not contiguous: two torch passes
     keys, keys2 = [(1, 2, 0, i, 0) for i in range(4)], [(1, 3, 0, i, 0) for i in range(4)]
     two_passes, one_pass = [t.clone() for t in tensors], [t.clone() for t in tensors]
     add_gaussian_many_(two_passes, -0.3, keys, "triton")
