@@ -21,6 +21,12 @@ def shaped(tiny):
     return recipe_from_dict(tiny)
 
 
+def kept_bases(method) -> dict[int, torch.Tensor]:
+    """The bases a low-rank method keeps for their period (LowRankMethod.periodic), by identity."""
+    kept = getattr(method, "_periodic", {}).values()  # MeZO and first-order keep none
+    return {id(t): t for _, drawn in kept for t in (drawn if isinstance(drawn, tuple) else (drawn,))}
+
+
 def test_weights_are_exact_and_the_meta_model_allocates_nothing(shaped):
     meta = meta_model(shaped.model)
     assert all(p.is_meta for p in meta.parameters())
@@ -45,8 +51,7 @@ def test_estimated_state_equals_what_the_method_keeps(tiny, variant):
     est = estimate(shape_of(model, 2, 8), name, optimizer, rank=getattr(method.cfg, "rank", 2))
     grads = est.weights if name == "fo" else 0  # first-order: gradients at the peak
     assert est.optimizer_state == kept + grads
-    bases = {id(t): t for _, drawn in getattr(method, "_periodic", {}).values() for t in (drawn if isinstance(drawn, tuple) else (drawn,))}
-    assert est.method_state == sum(t.numel() * t.element_size() for t in bases.values())
+    assert est.method_state == sum(t.numel() * t.element_size() for t in kept_bases(method).values())
     assert (est.method_state > 0) == (name in ("lozo", "subzo", "tezo"))
 
 
@@ -90,7 +95,7 @@ def test_the_functional_paths_extra_state_is_estimated_exactly(tiny, variant):
     objective, batch = synthetic_batch(model.config.vocab_size, 2, 8, torch.device("cpu"))
     method.step(BatchLoss(objective, model, batch), 0, 1e-6)
     kept = {id(t): t for t in [*method.functional.basis.values(), *method.functional.acc.values()]}
-    kept |= {id(t): t for _, drawn in method._periodic.values() for t in (drawn if isinstance(drawn, tuple) else (drawn,))}
+    kept |= kept_bases(method)
     est = estimate(shape_of(model, 2, 8), name, optimizer, rank=method.cfg.rank, functional=True)
     assert est.method_state == sum(t.numel() * t.element_size() for t in kept.values())
 

@@ -18,7 +18,7 @@ from zoft.cli import app
 from zoft.config.loader import recipe_from_dict
 from zoft.engine.trainer import Trainer
 from zoft.errors import ZoftError
-from zoft.tracking.metrics import read_metrics
+from zoft.tracking.metrics import is_step, read_metrics
 
 TRAIN_KEYS = ("step", "loss", "proj_grad", "seed", "lr")
 
@@ -65,7 +65,7 @@ def assert_resume_is_exact(recipe: dict, stop_at: int = 3) -> None:
 
 def train_records(recipe: dict) -> list[dict]:
     rows = read_metrics(run_dir(recipe) / "metrics.jsonl")
-    return [{k: r[k] for k in TRAIN_KEYS} for r in rows if "split" not in r]
+    return [{k: r[k] for k in TRAIN_KEYS} for r in rows if is_step(r)]
 
 
 def test_run_directory_holds_everything_and_loads_with_from_pretrained(tiny):
@@ -74,7 +74,7 @@ def test_run_directory_holds_everything_and_loads_with_from_pretrained(tiny):
     assert yaml.safe_load((root / "config.yaml").read_text())["optim"]["lr"] == 1e-3
     assert {"zoft", "torch", "transformers"} <= set(json.loads((root / "meta.json").read_text()))
     records = read_metrics(root / "metrics.jsonl")
-    steps = [r for r in records if "split" not in r]
+    steps = [r for r in records if is_step(r)]
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
     assert {"step", "loss", "proj_grad", "seed", "lr", "mem_gib", "time_s"} <= set(steps[0])
     assert [r["step"] for r in records if r.get("split") == "dev"] == [0, 3, 6]
@@ -154,11 +154,11 @@ def test_replay_rebuilds_a_run_from_its_metrics_alone_bit_for_bit(tiny, method, 
     moved["train"]["max_steps"] = 4
     train(moved)
     shutil.rmtree(run_dir(moved) / "checkpoints")  # what another machine gets: the run directory without weights
-    logged = [r for r in read_metrics(run_dir(moved) / "metrics.jsonl") if "split" not in r]
+    logged = [r for r in read_metrics(run_dir(moved) / "metrics.jsonl") if is_step(r)]
     moved["train"]["max_steps"] = 6
     moved["checkpoint"].update(resume="auto", replay=True)
     train(moved)
-    again = [r for r in read_metrics(run_dir(moved) / "metrics.jsonl") if "split" not in r]
+    again = [r for r in read_metrics(run_dir(moved) / "metrics.jsonl") if is_step(r)]
     assert again[:4] == logged  # replayed, not recomputed: the first steps' records (times too) are the logged ones
     assert train_records(moved) == train_records(whole)
     a, b = final_weights(whole), final_weights(moved)
@@ -345,7 +345,7 @@ def test_a_steps_memory_leaves_out_the_evaluations_and_the_summary_keeps_the_lar
     tiny["eval"]["batch_size"] = 512  # an evaluation far larger than a step
     summary = train(tiny)
     records = read_metrics(run_dir(tiny) / "metrics.jsonl")
-    steps = [r["mem_gib"] for r in records if "split" not in r and "event" not in r]  # not the graphs' event
+    steps = [r["mem_gib"] for r in records if is_step(r)]
     evals = [r["mem_gib"] for r in records if "split" in r]
     assert max(steps) < min(evals)  # the steps after an evaluation do not carry its peak
     assert summary["peak_mem_gib"] == pytest.approx(max(evals), abs=1e-3)

@@ -34,7 +34,7 @@ from zoft.methods import METHODS, Method, ZOMethod
 from zoft.models.label_head import EncoderHead
 from zoft.models.loading import load_model
 from zoft.models.params import trainable
-from zoft.tracking.metrics import MetricsLog, read_metrics
+from zoft.tracking.metrics import MetricsLog, is_step, read_metrics
 
 # keys that shape the trajectory: a resumed run must not change them
 FROZEN_ON_RESUME = ("run.seed", "model", "params", "data", "method", "optim", "train.batch_size")
@@ -315,7 +315,7 @@ class Trainer:
         is a function of (seed, step, projected gradients, lr) alone, momentum and Adam state too.
         The best-dev weights were not kept, so the best checkpoint is chosen among later evaluations."""
         records = read_metrics(self.run_dir / "metrics.jsonl")
-        steps = [r for r in records if "split" not in r and "event" not in r]
+        steps = [r for r in records if is_step(r)]
         if [r["step"] for r in steps] != list(range(1, len(steps) + 1)):
             missing = sorted(set(range(1, max(r["step"] for r in steps) + 1)) - {r["step"] for r in steps})
             raise ZoftError(f"checkpoint.replay: {self.run_dir / 'metrics.jsonl'} lacks the records of steps "

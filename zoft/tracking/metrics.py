@@ -35,3 +35,8 @@ class MetricsLog:
 
 def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def is_step(record: dict) -> bool:
+    """A training step's record: not an evaluation's (`split`) nor an event's (graphs, path, rollback)."""
+    return "split" not in record and "event" not in record
