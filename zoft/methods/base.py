@@ -130,6 +130,7 @@ class ZOMethod(Method):
         super().__init__(*args, **kwargs)
         self.moments = DenseMoments(self.optim, [(n, p) for n, p in self.params if self.is_dense(p)])
         self._group_cache: dict[tuple[int, int], list[torch.Tensor]] = {}  # (step, query): z of the small tensors
+        self._group_buffers: dict[int, list[torch.Tensor]] = {}  # query: where the fused kernel draws them
         device = self.params[0][1].device if self.params else torch.device("cpu")
         self.noise = noise.resolve(self.cfg.noise, device)
         if self.noise == "triton" and not noise.available():
@@ -164,6 +165,9 @@ class ZOMethod(Method):
         return (self.seed, step, query, index, DIRECTION)
 
     def dense(self, index: int, p: torch.Tensor, step: int, query: int) -> torch.Tensor:
+        """z of tensor `index` at (step, query); a grouped tensor's is the one its group keeps."""
+        if self.grouped(p):
+            return self.group_directions(step, query)[self.group_position[index]]
         return noise.gaussian_like(p, self.dense_keys(index, step, query), self.noise)
 
     def add_dense(self, index: int, p: torch.Tensor, step: int, query: int, alpha: float) -> None:
@@ -189,7 +193,10 @@ class ZOMethod(Method):
         """Apply the update for the projected gradients of this step's queries."""
 
     def perturb_dense(self, index: int, p: torch.Tensor, step: int, query: int, scale: float) -> None:
-        self.add_dense(index, p, step, query, scale * self.cfg.eps)
+        if self.grouped(p):  # as its group moves it (`perturb_group`)
+            p.add_(self.dense(index, p, step, query), alpha=scale * self.cfg.eps)
+        else:
+            self.add_dense(index, p, step, query, scale * self.cfg.eps)
 
     def grouped(self, p: torch.Tensor) -> bool:
         """Small dense tensors (biases, norms, adapters' cores) move together: their z are drawn once
@@ -202,6 +209,11 @@ class ZOMethod(Method):
         return [(i, p) for i, (_, p) in enumerate(self.params) if self.grouped(p)]
 
     @functools.cached_property
+    def group_position(self) -> dict[int, int]:
+        """Where each grouped tensor's z is in `group_directions`."""
+        return {index: k for k, (index, _) in enumerate(self.group)}
+
+    @functools.cached_property
     def ungrouped(self) -> list[tuple[int, torch.Tensor]]:
         """Every other tensor, with its index (MeZO moves them with one multi-tensor launch a pass)."""
         return [(i, p) for i, (_, p) in enumerate(self.params) if not self.grouped(p)]
@@ -211,8 +223,18 @@ class ZOMethod(Method):
         if (step, query) not in self._group_cache:
             if any(key[0] != step for key in self._group_cache):
                 self._group_cache.clear()
-            self._group_cache[(step, query)] = [self.dense(i, p, step, query) for i, p in self.group]
+            self._group_cache[(step, query)] = self._draw_group(step, query)
         return self._group_cache[(step, query)]
+
+    def _draw_group(self, step: int, query: int) -> list[torch.Tensor]:
+        """The grouped tensors' z: with the fused kernel, two launches into buffers kept for the
+        query (the same z as `dense`, which would take two launches per tensor)."""
+        if self.noise != "triton":
+            return [noise.gaussian_like(p, self.dense_keys(i, step, query), self.noise) for i, p in self.group]
+        buffers = self._group_buffers.setdefault(query, [torch.empty_like(p) for _, p in self.group])
+        torch._foreach_zero_(buffers)
+        self.add_dense_many([(i, z) for (i, _), z in zip(self.group, buffers)], step, query, 1.0)
+        return buffers
 
     def perturb_group(self, step: int, query: int, scale: float) -> None:
         tensors = [p for _, p in self.group]

@@ -7,7 +7,7 @@ nn.Embedding's table, tied ones included) adds the low-rank terms of
 
 to the module's output: (x B)(A_acc + s ε A)ᵀ for a linear layer, (A_acc + s ε A)[ids] Bᵀ for an
 embedding. A_acc is the update accumulated in factor space since the last merge, A Bᵀ the current
-direction, s = ±1 for the whole batch, or per row of a doubled batch (+ε first half, −ε second).
+direction, s = ±1 for the whole batch, or per half of a doubled batch (+ε first, −ε second).
 
 Every other trained tensor (biases, norm weights, matrices of other modules such as OPT's learned
 positions) is perturbed in place as usual; over a doubled batch a Linear's bias is corrected on
@@ -62,10 +62,11 @@ class FunctionalPath:
         self.live: set[int] = set()  # matrices whose A_acc may be non-zero (no GPU sync to ask)
         self.basis: dict[int, torch.Tensor] = {}  # B (n×r) of the accumulator and the direction
         self.frozen: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # merged-out terms of a read-only W
-        self.direction: dict[int, torch.Tensor] = {}  # ε·A (m×r) of the query being evaluated
-        self.signs: torch.Tensor | None = None  # per batch row over a doubled batch, else None
+        self.direction: dict[int, torch.Tensor] = {}  # A (m×r) of the query being evaluated, unscaled
+        self.eps = 0.0  # ε of the direction
+        self.rows: int | None = None  # over a doubled batch: the examples of each half, else None
         self.scale = 0.0  # s over a whole batch
-        self.vectors: dict[int, torch.Tensor] = {}  # ε·z of Linear biases over a doubled batch
+        self.vectors: dict[int, torch.Tensor] = {}  # z of Linear biases over a doubled batch
         self.move = None  # over a doubled batch: move(index, scale) shifts an in-place tensor by scale·ε·Z
         self._cache: dict[int, tuple | None] = {}  # the factors the hooks add, until a direction or term changes
         self._frozen_cache: dict[int, list] = {}  # merged-out terms in the activations' dtype, until they change
@@ -106,11 +107,13 @@ class FunctionalPath:
     def set_basis(self, index: int, basis: torch.Tensor, acc: torch.Tensor) -> None:
         self.basis[index], self.acc[index] = basis, acc
 
-    def set_direction(self, directions: dict[int, torch.Tensor], scale: float = 0.0, signs=None, vectors=None, move=None) -> None:
-        """The query's ε·A per hooked matrix, applied with `scale` (uniform) or `signs` (per row of
-        a doubled batch, the in-place tensors then being at +ε: `vectors` holds the biases' ε·z and
-        `move` shifts any in-place tensor for the second half's recomputation)."""
-        self.direction, self.scale, self.signs, self.vectors, self.move = directions, scale, signs, vectors or {}, move
+    def set_direction(self, directions: dict[int, torch.Tensor], eps: float = 0.0, scale: float = 0.0, rows=None, vectors=None, move=None) -> None:
+        """The query's A per hooked matrix and its ε, applied with `scale` over the whole batch, or
+        over a doubled batch of `rows` examples a half, +ε first, −ε second (the in-place tensors
+        then being at +ε: `vectors` holds the biases' z and `move` shifts any in-place tensor for
+        the second half's recomputation)."""
+        self.direction, self.eps, self.scale, self.rows = directions, eps, scale, rows
+        self.vectors, self.move = vectors or {}, move
         self._cache.clear()
 
     def clear_direction(self) -> None:
@@ -123,20 +126,30 @@ class FunctionalPath:
 
     # ---- hooks ---------------------------------------------------------------------------
     def _factors(self, index: int, dtype: torch.dtype):
-        """(A, B, doubled) with the output's term (x B) Aᵀ; when `doubled`, A = [A_acc, εA] and
-        B = [B, B], and the second r columns of x B are scaled by the row signs."""
-        if index not in self._cache:
-            acc, direction, basis = self.acc.get(index), self.direction.get(index), self.basis.get(index)
-            if basis is None or (direction is None and index not in self.live):
-                factors = None
-            elif direction is None:
-                factors = (acc.to(dtype), basis, False)
-            elif self.signs is None:
-                factors = ((acc + self.scale * direction).to(dtype), basis, False)
-            else:
-                factors = (torch.cat([acc, direction], 1).to(dtype), torch.cat([basis, basis], 1), True)
-            self._cache[index] = factors
-        return self._cache[index]
+        """(B, A) with the output's term (x B) Aᵀ, or over a doubled batch (B, A₊, A₋) for its two
+        halves: A = A_acc + s ε A_dir, summed in fp32 and rounded once to the activations' dtype.
+        The first hook after a change builds every matrix's factors with a few multi-tensor kernels."""
+        if not self._cache:
+            self._build(dtype)
+        factors = self._cache.get(index)
+        if factors is not None and factors[1].dtype != dtype:  # a module computing in another dtype
+            factors = (factors[0], *(a.to(dtype) for a in factors[1:]))
+        return factors
+
+    def _build(self, dtype: torch.dtype) -> None:
+        self._cache = dict.fromkeys(self.hooked)  # None: nothing to add
+        with_direction = [i for i in self.hooked if i in self.direction and i in self.basis]
+        alone = [i for i in self.hooked if i not in self.direction and i in self.live and i in self.basis]
+        signs = [+1.0, -1.0] if self.rows is not None else [self.scale]
+        sums = [
+            torch._foreach_add([self.acc[i] for i in with_direction], [self.direction[i] for i in with_direction], alpha=s * self.eps)
+            for s in signs
+        ] if with_direction else []
+        for k, index in enumerate(with_direction):
+            self._cache[index] = (self.basis[index], *(terms[k].to(dtype) for terms in sums))
+        for index in alone:
+            acc = self.acc[index].to(dtype)
+            self._cache[index] = (self.basis[index], *([acc] * len(signs)))
 
     def _frozen_terms(self, index: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The merged-out terms of a read-only matrix in the activations' dtype, cast once."""
@@ -144,46 +157,47 @@ class FunctionalPath:
             self._frozen_cache[index] = [(a.to(dtype), b.to(dtype)) for a, b in self.frozen.get(index, ())]
         return self._frozen_cache[index]
 
-    def _row_signs(self, h: torch.Tensor) -> torch.Tensor:
-        """The signs broadcast over h: batch-first, or (as OPT's MLP) tokens flattened batch-major."""
-        rows = self.signs.shape[0]
-        if h.shape[0] % rows:
+    def _halves(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The +ε and −ε halves of a doubled batch's tensor: batch-first, or (as OPT's MLP) tokens
+        flattened batch-major."""
+        if t.shape[0] % (2 * self.rows):
             raise RuntimeError(
-                f"a doubled batch needs batch-first activations, got {tuple(h.shape)} for {rows} rows; "
+                f"a doubled batch needs batch-first activations, got {tuple(t.shape)} for {2 * self.rows} rows; "
                 "use method.paired_forward=never"
             )
-        return self.signs.to(h.dtype).repeat_interleave(h.shape[0] // rows).view(-1, *([1] * (h.ndim - 1)))
+        half = t.shape[0] // 2
+        return t[:half], t[half:]
 
     def _matrix_hook(self, module, args, out):
         for index in self._index_of[id(module)]:
             for frozen_a, frozen_b in self._frozen_terms(index, out.dtype):
-                self._add(module, args[0], out, frozen_a, frozen_b, False)
+                self._add(module, args[0], out, frozen_b, frozen_a)
             factors = self._factors(index, out.dtype)
-            if factors is not None:
+            if factors is None:
+                continue
+            if len(factors) == 2:
                 self._add(module, args[0], out, *factors)
-        if self.signs is not None and isinstance(module, nn.Linear) and module.bias is not None:
+            else:
+                basis, plus, minus = factors
+                for x, half, a in zip(self._halves(args[0]), self._halves(out), (plus, minus)):
+                    self._add(module, x, half, basis, a)
+        if self.rows is not None and isinstance(module, nn.Linear) and module.bias is not None:
             index = self._bias_index.get(id(module.bias))
             if index in self.vectors:  # the bias is at +εz for the whole batch: the second half wants −εz
-                out[out.shape[0] // 2 :] -= 2 * self.vectors[index].to(out.dtype)
+                self._halves(out)[1].sub_(self.vectors[index].to(out.dtype), alpha=2 * self.eps)
         return out
 
-    def _add(self, module, x, out, a, b, doubled: bool) -> None:
-        """out += the term of (A, B), in place; no m×n tensor is formed."""
+    @staticmethod
+    def _add(module, x, out, b, a) -> None:
+        """out += the term (x B) Aᵀ (an embedding's: A[ids] Bᵀ), in place; no m×n tensor is formed."""
         if isinstance(module, nn.Embedding):
-            h = F.embedding(x, a)  # A's rows for the ids: (..., r)
+            out.add_(F.embedding(x, a) @ b.T)
         else:
-            h = x @ b
-        if doubled:
-            r = h.shape[-1] // 2
-            h = torch.cat([h[..., :r], h[..., r:] * self._row_signs(h)], -1)
-        if isinstance(module, nn.Embedding):
-            out.add_(h @ b.T)
-        else:
-            out.view(-1, out.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), a.T)
+            out.view(-1, out.shape[-1]).addmm_((x @ b).view(-1, b.shape[-1]), a.T)
 
     def _recompute_hook(self, module, args, out):
         """Over a doubled batch: the second half again, with this module's in-place tensors at −ε."""
-        if self.signs is None or self.move is None:
+        if self.rows is None or self.move is None:
             return out
         owned = self._owned[id(module)]
         half = out.shape[0] // 2

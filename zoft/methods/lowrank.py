@@ -36,7 +36,6 @@ class LowRankMethod(ZOMethod):
             for index, (name, p) in enumerate(self.params)
             if not self.is_dense(p)
         }
-        self._directions: tuple = (None, {})  # ((step, query), ε·A per hooked matrix)
         self.acc_period = torch.zeros((), dtype=torch.long)  # the basis period A_acc is expressed in
         self.functional = self._choose_path()
         if self.functional is not None:
@@ -204,6 +203,9 @@ class LowRankMethod(ZOMethod):
                 self.update_dense(index, name, p, step, grads, lr, undo=undo)
                 continue
             w = self.like(index)
+            if self.plain_sgd():
+                self.add_sgd(index, w, step, grads, lr, undo)
+                continue
             a = self.update_factors(index, name, w, step, grads, lr)
             if self.hooked(index):
                 self.functional.acc[index].add_(a.float())
@@ -216,6 +218,24 @@ class LowRankMethod(ZOMethod):
         if self.functional is not None:
             self.functional.changed()
         self.updated(step)
+
+    def add_sgd(self, index: int, w: torch.Tensor, step: int, grads: Sequence[float], lr: float, undo: Pending) -> None:
+        """SGD's update of a matrix, W += Σ_q α_q A_q Bᵀ over the queries' own factors (an estimator's
+        SGD step is that combination), the undoing of `undo` folded into its query's α. In place
+        with one query, the usual case, it is a single addmm_ scaled in fp32: no factor is built;
+        on the functional path, A_acc += Σ_q α_q A_q in fp32."""
+        alphas = self.sgd_alphas(grads, lr * self.rank_scale(index), undo)
+        factors = [self.factors(index, w, step, query)[0] for query in range(len(alphas))]
+        if self.hooked(index):
+            for alpha, a in zip(alphas, factors):
+                self.functional.acc[index].add_(a, alpha=alpha)
+            self.functional.live.add(index)
+            return
+        basis = self.basis_of(index, w, self.period(step))
+        if len(factors) == 1:
+            w.addmm_(factors[0], basis.T, alpha=alphas[0])
+        else:  # summed in fp32, rounded once
+            w.addmm_(sum(alpha * a.float() for alpha, a in zip(alphas, factors)).to(w.dtype), basis.T)
 
     def updated(self, step: int) -> None:
         """After each update (LOZO-M: the basis its momentum is now expressed in)."""
@@ -236,7 +256,7 @@ class LowRankMethod(ZOMethod):
 
     def loss_at(self, loss_fn, step, query, scale):
         if self.functional is not None:  # the matrices' directions go on the hooks
-            self.functional.set_direction(self.directions(step, query) if scale else {}, scale=scale)
+            self.functional.set_direction(self.directions(step, query) if scale else {}, self.cfg.eps, scale=scale)
         return loss_fn()
 
     def paired_losses(self, loss_fn, step, query):
@@ -244,24 +264,15 @@ class LowRankMethod(ZOMethod):
         is corrected and other modules' second halves are recomputed with their tensors at −ε."""
         if self.functional is None or not self.pairs(loss_fn):
             return None
-        rows = loss_fn.rows()
-        signs = torch.cat([torch.ones(rows), -torch.ones(rows)]).to(self.params[0][1].device)
-        biases = {i: self.cfg.eps * self.dense(i, p, step, query) for i, (_, p) in enumerate(self.params)
+        biases = {i: self.dense(i, p, step, query) for i, (_, p) in enumerate(self.params)
                   if self.is_dense(p) and not self.hooked(i)}
         move = lambda index, scale: self.move(index, step, query, scale)  # noqa: E731
-        self.functional.set_direction(self.directions(step, query), signs=signs, vectors=biases, move=move)
+        self.functional.set_direction(self.directions(step, query), self.cfg.eps, rows=loss_fn.rows(), vectors=biases, move=move)
         return loss_fn.pair()
 
     def directions(self, step: int, query: int) -> dict[int, torch.Tensor]:
-        """ε·A of every hooked matrix for one query (A in fp32; B is the period's basis on the
-        hooks), drawn once for the query's passes."""
-        if self._directions[0] != (step, query):
-            out = {}
-            for index in self.functional.hooked:
-                a, _ = self.factors(index, self.like(index), step, query)
-                out[index] = self.cfg.eps * a.float()
-            self._directions = ((step, query), out)
-        return self._directions[1]
+        """A of every hooked matrix for one query (B is the period's basis on the hooks)."""
+        return {index: self.factors(index, self.like(index), step, query)[0] for index in self.functional.hooked}
 
     def pairs(self, loss_fn) -> bool:
         """Whether this step's ±ε passes share one doubled forward."""

@@ -40,7 +40,8 @@ class SubZO(LowRankMethod):
 
     def factors(self, index, w, step, query):
         p, q = self.subspace(index, w, self.period(step))
-        return self.scale(index, w) * (p @ self.s(index, w, step, query)), q
+        a = self.drawn(("a", index, query), step, lambda: self.scale(index, w) * (p @ self.s(index, w, step, query)))
+        return a, q
 
     def update_factors(self, index, name, w, step, grads, lr):
         p, _ = self.subspace(index, w, self.period(step))

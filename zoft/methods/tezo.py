@@ -44,7 +44,7 @@ class TeZO(LowRankMethod):
 
     def factors(self, index, w, step, query):
         u, v = self.basis(index, w, self.period(step))
-        return u * self.tau(index, w, step, query), v
+        return self.drawn(("a", index, query), step, lambda: u * self.tau(index, w, step, query)), v
 
     def update_factors(self, index, name, w, step, grads, lr):
         u, _ = self.basis(index, w, self.period(step))
