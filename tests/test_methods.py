@@ -231,6 +231,33 @@ def test_low_rank_methods_never_build_an_m_by_n_tensor(name):
     assert largest < m * n * 4 / 16, largest
 
 
+@pytest.mark.parametrize("name, key", [("lozo", "lazy_interval"), ("subzo", "update_interval"), ("tezo", "refresh_interval")])
+def test_drawing_the_next_step_early_changes_no_bit(name, key):
+    """On a GPU a step draws the next step's directions while its forwards run (`prefetch`): the
+    same losses, projected gradients and weights as drawing them when needed, across basis changes."""
+    runs = []
+    for early in (False, True):
+        params = fresh_params(m=32, n=24)
+        loss, _ = quadratic(params)
+        method = make(name, params, rank=2, eps=1e-2, **{key: 2})
+        calls = {"n": 0, "step": 0}
+
+        def loss_then_prefetch():  # the second forward of a step is where `_estimate` prefetches
+            value = loss()
+            calls["n"] += 1
+            if early and calls["n"] % 2 == 0:
+                method.prefetch(calls["step"] + 1)
+            return value
+
+        results = []
+        for step in range(6):
+            calls["step"] = step
+            results.append(method.step(loss_then_prefetch, step, 1e-2))
+        runs.append(([(r.loss, r.grads) for r in results], [p.clone() for _, p in params]))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+
+
 def test_mezo_dense_direction_is_one_tensor_at_a_time():
     params = [("a", torch.zeros(256, 256)), ("b", torch.zeros(256, 256))]
     method = make("mezo", params)

@@ -32,7 +32,8 @@ def fixed_batch(tiny, steps: int = 10, **sections):
     recipe["data"] = {"task": "toy_sentiment", "num_train": 8, "num_dev": 0, "num_eval": 1}
     recipe["train"] = {"max_steps": steps, "batch_size": 8}
     session = build_session(recipe_from_dict(recipe))
-    return session, BatchLoss(session.objective, session.model, session.objective.train_batch(session.train, session.pad_id))
+    batch = session.objective.train_batch(session.train, session.pad_id).to(next(session.model.parameters()).device)
+    return session, BatchLoss(session.objective, session.model, batch)
 
 
 def batch_loss(loss_fn) -> float:

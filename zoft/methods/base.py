@@ -312,6 +312,10 @@ class ZOMethod(Method):
         if grads:
             self.update(step, grads, lr)
 
+    def prefetch(self, step: int) -> None:
+        """Draw what `step` will need, while the GPU runs this step's forwards (the host would
+        otherwise wait for them idle, and draw later with the GPU waiting); results do not change."""
+
     def moved_params(self) -> list[torch.Tensor]:
         """The tensors `perturb` writes (all of them, unless some are perturbed another way)."""
         return [p for _, p in self.params]
@@ -364,6 +368,10 @@ class ZOMethod(Method):
             with torch.inference_mode():  # one sync per query, not per forward
                 return self.loss_at(loss_fn, step, query, scale).detach()
 
+        def ahead() -> None:  # on a GPU the host would wait for the forwards: it draws instead
+            if query == count - 1 and self.params and self.params[0][1].device.type == "cuda":
+                self.prefetch(step + 1)
+
         count = self.queries(step)
         grads, losses = [0.0] * count, [0.0] * count
         try:
@@ -373,6 +381,7 @@ class ZOMethod(Method):
                 with torch.inference_mode():
                     pair = self.paired_losses(loss_fn, step, query)
                 if pair is not None:
+                    ahead()
                     plus, minus = (float(v) for v in pair)
                 else:
                     plus = loss(query, +1.0)
@@ -382,6 +391,7 @@ class ZOMethod(Method):
                         continue
                     move(query, -2.0)
                     minus = loss(query, -1.0)  # both forwards queued before the one sync
+                    ahead()
                     plus, minus = float(plus), float(minus)
                 grads[query], losses[query] = (plus - minus) / (2 * cfg.eps), (plus + minus) / 2
                 if not (keep_last and query == count - 1):

@@ -84,9 +84,10 @@ class LowRankMethod(ZOMethod):
     def drawn(self, key: tuple, step: int, draw: Callable[[], object]):
         """`draw()` once per (step, key): the passes of a step (+ε, −2ε, the restore and the update)
         reuse the directions it drew (LOZO's U, TeZO's τ, SubZO's S) instead of drawing them
-        again, a launch per matrix and pass saved. What other steps drew goes once a step draws."""
+        again, a launch per matrix and pass saved. A step's draws keep those of the step before
+        it (prefetched draws come a step early) and let older ones go."""
         if step not in self._drawn:
-            self._drawn = {step: {}}
+            self._drawn = {s: kept for s, kept in self._drawn.items() if s == step - 1} | {step: {}}
         kept = self._drawn[step]
         if key not in kept:
             kept[key] = draw()
@@ -236,6 +237,13 @@ class LowRankMethod(ZOMethod):
             w.addmm_(factors[0], basis.T, alpha=alphas[0])
         else:  # summed in fp32, rounded once
             w.addmm_(sum(alpha * a.float() for alpha, a in zip(alphas, factors)).to(w.dtype), basis.T)
+
+    def prefetch(self, step: int) -> None:
+        """The matrices' first direction of `step` when it keeps this step's basis (a new basis
+        would push out the one this step's update needs)."""
+        if self.period(step) == self.period(step - 1):
+            for index in self.ranks:
+                self.factors(index, self.like(index), step, 0)
 
     def updated(self, step: int) -> None:
         """After each update (LOZO-M: the basis its momentum is now expressed in)."""
