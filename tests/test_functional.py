@@ -50,7 +50,8 @@ def test_the_functional_path_follows_the_in_place_trajectory(tiny, variant, mode
         session, loss_fn = session_for(tiny, *VARIANTS[variant], model=model, path=path, paired_forward="never")
         grads = [session.method.step(loss_fn, step, session.method.optim.lr).grads[0] for step in range(5)]
         runs[path] = grads, effective_weights(session)
-    assert runs["functional"][0] == pytest.approx(runs["inplace"][0], rel=1e-3, abs=1e-4)
+    quantum = torch.finfo(torch.float32).eps / 1e-3  # ulp(L ≈ 1)/ε: a loss's rounding, in a projected gradient
+    assert runs["functional"][0] == pytest.approx(runs["inplace"][0], rel=1e-3, abs=4 * quantum)
     for name, w in runs["inplace"][1].items():
         torch.testing.assert_close(runs["functional"][1][name], w, rtol=1e-4, atol=2e-5, msg=name)
 
@@ -100,7 +101,7 @@ def test_a_checkpoint_evaluates_with_its_factor_space_terms(tiny):
     checkpoint.load(folder, trained.params, trained.method)  # W and the factor-space state
     plain = build_session(recipe_from_dict(tiny), with_method=False)
     checkpoint.load_weights(folder, plain.params)  # what zoft eval does: W with the terms written in
-    ids = torch.tensor([[5, 6, 7, 8]])
+    ids = torch.tensor([[5, 6, 7, 8]], device=next(plain.model.parameters()).device)
     with torch.no_grad():
         base = build_session(recipe_from_dict(tiny), with_method=False).model(ids).logits
         torch.testing.assert_close(plain.model(ids).logits, trained.model(ids).logits, rtol=1e-4, atol=5e-4)
