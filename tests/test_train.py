@@ -144,7 +144,8 @@ def test_resume_keeps_each_methods_state_bit_identical(tiny, method, optim):
     ({"name": "lozo", "rank": 2, "lazy_interval": 2}, {"name": "momentum", "lr": 1e-3}),
     ({"name": "subzo", "rank": 2, "update_interval": 2}, {"name": "sgd", "lr": 1e-3}),
     ({"name": "tezo", "rank": 2, "refresh_interval": 2}, {"name": "adam", "lr": 1e-3}),
-], ids=["mezo", "mezo-adam-q2", "lozo-m", "subzo", "tezo-adam"])
+    ({"name": "lozo", "rank": 2, "lazy_interval": 2, "path": "functional"}, {"name": "sgd", "lr": 1e-3}),
+], ids=["mezo", "mezo-adam-q2", "lozo-m", "subzo", "tezo-adam", "lozo-functional"])
 def test_replay_rebuilds_a_run_from_its_metrics_alone_bit_for_bit(tiny, method, optim):
     tiny["method"] = {**method, "eps": 1e-3, "restore": "copy"}  # copy: the perturbations leave no rounding behind
     tiny["optim"] = optim

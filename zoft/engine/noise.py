@@ -98,13 +98,13 @@ class _Blocks:
         self.block_of = torch.cat([torch.arange(c, dtype=torch.int32) for c in counts]).to(device)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=64)
 def _block_table(tensors) -> _Blocks:
     """Built once per set of tensors (a method's set never changes; addresses identify it)."""
     return _Blocks(tensors)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=64)
 def _seed_table(keys: tuple[tuple[int, ...], ...], device: torch.device) -> torch.Tensor:
     """The tensors' seeds on the device; a step's perturbations and update share one (step, query)."""
     seeds = torch.tensor([stream_seed(*k) for k in keys], dtype=torch.int64)

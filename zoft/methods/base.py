@@ -228,10 +228,12 @@ class ZOMethod(Method):
 
     def _draw_group(self, step: int, query: int) -> list[torch.Tensor]:
         """The grouped tensors' z: with the fused kernel, two launches into buffers kept for the
-        query (the same z as `dense`, which would take two launches per tensor)."""
+        query (the same z as `noise.gaussian_like`, which takes two launches per tensor)."""
         if self.noise != "triton":
             return [noise.gaussian_like(p, self.dense_keys(i, step, query), self.noise) for i, p in self.group]
-        buffers = self._group_buffers.setdefault(query, [torch.empty_like(p) for _, p in self.group])
+        if query not in self._group_buffers:
+            self._group_buffers[query] = [torch.empty_like(p) for _, p in self.group]
+        buffers = self._group_buffers[query]
         torch._foreach_zero_(buffers)
         self.add_dense_many([(i, z) for (i, _), z in zip(self.group, buffers)], step, query, 1.0)
         return buffers

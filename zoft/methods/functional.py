@@ -128,7 +128,8 @@ class FunctionalPath:
     def _factors(self, index: int, dtype: torch.dtype):
         """(B, A) with the output's term (x B) Aᵀ, or over a doubled batch (B, A₊, A₋) for its two
         halves: A = A_acc + s ε A_dir, summed in fp32 and rounded once to the activations' dtype.
-        The first hook after a change builds every matrix's factors with a few multi-tensor kernels."""
+        The first hook after a change builds every matrix's factors with multi-tensor operations
+        (a few kernels when A_dir is fp32 like A_acc; one per matrix when it is in a 16-bit dtype)."""
         if not self._cache:
             self._build(dtype)
         factors = self._cache.get(index)

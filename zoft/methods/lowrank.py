@@ -83,8 +83,8 @@ class LowRankMethod(ZOMethod):
 
     def drawn(self, key: tuple, step: int, draw: Callable[[], object]):
         """`draw()` once per (step, key): the passes of a step (+ε, −2ε, the restore and the update)
-        reuse the directions it drew (LOZO's U, TeZO's τ, SubZO's S) instead of drawing them
-        again, a launch per matrix and pass saved. A step's draws keep those of the step before
+        reuse what it drew or built (LOZO's U, TeZO's τ and U·diag(τ), SubZO's S and P·S, a
+        query's `plan`) instead of making it again, launches per matrix and pass saved. A step's draws keep those of the step before
         it (prefetched draws come a step early) and let older ones go."""
         if step not in self._drawn:
             self._drawn = {s: kept for s, kept in self._drawn.items() if s == step - 1} | {step: {}}
@@ -198,12 +198,14 @@ class LowRankMethod(ZOMethod):
             matrix(p).addmm_(a, b.T, alpha=scale * self.cfg.eps)
 
     def update(self, step: int, grads: Sequence[float], lr: float) -> None:
+        self.rebase(step)  # a replayed update comes without the estimate that rebases
         self.apply_update(step, grads, lr)
 
     def finish(self, step, grads, lr, pending, carry=False):
         """In place without weight decay, the last restore and the update share one addmm per
-        matrix, both directions having this period's basis B: W += (A_update − s·ε·A_restored) Bᵀ,
-        the factor summed in fp32 and rounded once. Three weight passes a step, where there were
+        matrix, both directions having this period's basis B: W += (A_update − s·ε·A_restored) Bᵀ
+        (`add_sgd_in_place`: one query's SGD scales A in the addmm_ itself; else the factor is
+        summed in fp32 and rounded once). Three weight passes a step, where there were
         four. (Carrying the next step's +ε into it too would save one more, but then whether a
         step folds would depend on what follows it, an evaluation or Ctrl-C, and a resumed run
         would differ from an uninterrupted one by roundings: MeZO's carrying is exact, this is not.)"""
