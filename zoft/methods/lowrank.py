@@ -84,8 +84,9 @@ class LowRankMethod(ZOMethod):
     def drawn(self, key: tuple, step: int, draw: Callable[[], object]):
         """`draw()` once per (step, key): the passes of a step (+ε, −2ε, the restore and the update)
         reuse what it drew or built (LOZO's U, TeZO's τ and U·diag(τ), SubZO's S and P·S, a
-        query's `plan`) instead of making it again, launches per matrix and pass saved. A step's draws keep those of the step before
-        it (prefetched draws come a step early) and let older ones go."""
+        query's `plan`) instead of making it again, launches per matrix and pass saved. A step's
+        draws keep those of the step before it (prefetched draws come a step early) and let older
+        ones go."""
         if step not in self._drawn:
             self._drawn = {s: kept for s, kept in self._drawn.items() if s == step - 1} | {step: {}}
         kept = self._drawn[step]
