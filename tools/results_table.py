@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from zoft.data.tasks import TASKS
-from zoft.tracking.metrics import read_metrics
+from zoft.tracking.metrics import is_step, read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "recipes" / "results" / "_table.yaml"
@@ -201,7 +201,7 @@ def read_at(rows: list[dict], metric: str, budget: int) -> dict | None:
     if not evals:
         return None
     best = max(evals, key=lambda s: (evals[s][0], -s))  # ties: the earlier step
-    steps = [r for r in rows if "split" not in r and "step" in r and "loss" in r and r["step"] <= budget]
+    steps = [r for r in rows if is_step(r) and r["step"] <= budget]
     return {
         "dev": evals[best][0], "test": evals[best][1], "best_step": best, "steps": budget,
         "time_s": max((r["time_s"] for r in steps), default=0.0),
@@ -218,7 +218,7 @@ def training_peak(rows: list[dict], budget: int) -> float:
     for r in rows:
         if "split" in r:
             clean = "mem_gib" in r
-        elif "loss" in r and r["step"] <= budget:
+        elif is_step(r) and r["step"] <= budget:
             whole_peak = max(whole_peak, r["mem_gib"])
             if clean:
                 clean_peak = max(clean_peak or 0.0, r["mem_gib"])
@@ -303,7 +303,7 @@ def plot(model: str, column: str, runs: dict[str, list[dict]], path: Path) -> No
     fig, ax = plt.subplots(figsize=(8, 4.2))
     ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
     for row, rows in runs.items():
-        steps = [(r["step"], r["loss"]) for r in rows if "split" not in r and r.get("loss") is not None]
+        steps = [(r["step"], r["loss"]) for r in rows if is_step(r) and r["loss"] is not None]
         if not steps:
             continue
         window = max(1, len(steps) // 25)  # a running mean over 4% of the run: ZO losses are noisy

@@ -131,8 +131,8 @@ class ZOMethod(Method):
         self.moments = DenseMoments(self.optim, [(n, p) for n, p in self.params if self.is_dense(p)])
         self._group_cache: dict[tuple[int, int], list[torch.Tensor]] = {}  # (step, query): z of the small tensors
         self._group_buffers: dict[int, list[torch.Tensor]] = {}  # query: where the fused kernel draws them
-        device = self.params[0][1].device if self.params else torch.device("cpu")
-        self.noise = noise.resolve(self.cfg.noise, device)
+        self.device = self.params[0][1].device if self.params else torch.device("cpu")  # of the trained tensors
+        self.noise = noise.resolve(self.cfg.noise, self.device)
         if self.noise == "triton" and not noise.available():
             raise ZoftError("method.noise: triton needs the triton package and a CUDA GPU (or TRITON_INTERPRET=1); use auto or torch")
 
@@ -371,7 +371,7 @@ class ZOMethod(Method):
                 return self.loss_at(loss_fn, step, query, scale).detach()
 
         def ahead() -> None:  # on a GPU the host would wait for the forwards: it draws instead
-            if query == count - 1 and self.params and self.params[0][1].device.type == "cuda":
+            if query == count - 1 and self.device.type == "cuda":
                 self.prefetch(step + 1)
 
         count = self.queries(step)

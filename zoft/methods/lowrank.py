@@ -155,8 +155,7 @@ class LowRankMethod(ZOMethod):
             if choice == "functional":
                 raise ZoftError(why)
             return None
-        on_gpu = bool(self.params) and self.params[0][1].device.type == "cuda"
-        if choice == "auto" and not (on_gpu or quantized):
+        if choice == "auto" and not (self.device.type == "cuda" or quantized):
             path.close()
             return None
         if self.cfg.paired_forward == "always" and (reason := path.doubled_problem) is not None:
@@ -173,8 +172,8 @@ class LowRankMethod(ZOMethod):
         self.perturb_group(step, query, scale)
         for _, w, a, b_t in self.plan(step, query):
             w.addmm_(a, b_t, alpha=scale * self.cfg.eps)
-        for index, (_, p) in enumerate(self.params):
-            if self.is_dense(p) and not self.grouped(p):
+        for index, p in self.ungrouped:
+            if self.is_dense(p):
                 self.move(index, step, query, scale)
 
     def plan(self, step: int, query: int) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
