@@ -69,12 +69,34 @@ def test_training_with_graphs_follows_eager_training(tiny, keys):
     torch.testing.assert_close(grads["on"], grads["off"], rtol=1e-3, atol=1e-4)
 
 
-def test_the_functional_path_keeps_eager_forwards(tiny):
-    """Its hooks read factor tensors made anew each query, which a graph would not see."""
-    tiny["model"]["device"] = "cuda"
-    tiny["method"].update({"name": "lozo", "rank": 2, "path": "functional"})
-    train(tiny)
-    assert not any(r.get("event") == "cuda_graphs" for r in read_metrics(run_dir(tiny) / "metrics.jsonl"))
+@pytest.mark.parametrize("model,method,optimizer,batch", [
+    ("opt-32x2", {"name": "lozo", "rank": 2, "lazy_interval": 5}, "sgd", 4),
+    ("llama-32x2", {"name": "subzo", "rank": 2, "update_interval": 5}, "sgd", 4),
+    ("opt-32x2", {"name": "tezo", "rank": 2, "refresh_interval": 5}, "adam", 16),
+    ("llama-32x2", {"name": "lozo", "rank": 2, "lazy_interval": 5}, "momentum", 16),
+], ids=["lozo-opt-doubled", "subzo-llama-doubled", "tezo-adam-opt", "lozo-m-llama"])
+def test_functional_training_with_graphs_follows_eager_training(tiny, model, method, optimizer, batch):
+    """The hooks read kept buffers, so their graphs replay new directions, accumulators and bases
+    (a basis changes every 5 steps): batches of 4 take one doubled forward (OPT's biases corrected,
+    its norms and learned positions recomputed), batches of 16 two forwards at ±ε."""
+    tiny["model"].update(device="cuda", name_or_path=f"tiny:{model}")
+    tiny["method"].update(method, path="functional", eps=1e-2)
+    tiny["optim"]["name"] = optimizer
+    tiny["train"].update(max_steps=16, batch_size=batch)
+    tiny["eval"]["every"], tiny["checkpoint"]["every"] = 8, 8
+    runs = {}
+    for setting in (True, False):
+        recipe = copy.deepcopy(tiny)
+        recipe["run"]["name"] = f"graphs-{setting}"
+        recipe["train"]["cuda_graphs"] = setting
+        train(recipe)
+        rows = read_metrics(run_dir(recipe) / "metrics.jsonl")
+        runs[setting] = (rows, torch.tensor([r["proj_grad"] for r in rows if "proj_grad" in r]), final_weights(recipe))
+    assert {"step": 0, "event": "cuda_graphs", "used": True} in runs[True][0]
+    assert len(runs[True][1]) == 16 and runs[True][1].abs().min() > 0
+    torch.testing.assert_close(runs[True][1], runs[False][1], rtol=1e-3, atol=1e-4)
+    weights = runs[True][2]
+    assert all(torch.allclose(weights[k], runs[False][2][k], rtol=1e-4, atol=1e-6) for k in weights)
 
 
 def test_carried_perturbations_on_the_gpu_change_no_bit_of_a_run(tiny, monkeypatch):

@@ -69,6 +69,33 @@ def test_a_doubled_batch_gives_both_losses_of_two_forwards(tiny, model):
         assert a.loss == pytest.approx(b.loss, rel=1e-5)
 
 
+def test_the_hooks_read_the_same_buffers_from_step_to_step(tiny):
+    """What a CUDA graph of the hooked forward relies on: across steps and basis changes, every
+    tensor the hooks read (A, B, the biases' z, the in-place tensors' shifts, A_acc) stays where it
+    was, its value changing, and the state a graph is kept by changes only with the sign of ε."""
+    session, loss_fn = session_for(tiny, *VARIANTS["lozo"], path="functional")
+    path, seen = session.method.functional, []
+    pair = loss_fn.pair
+
+    def watched_pair():
+        shifts = [t for z in path.shifts.values() for t in (z if isinstance(z, tuple) else (z,))]
+        read = [*path.direction.values(), *path.basis.values(), *path.vectors.values(), *shifts, *path.acc.values()]
+        assert shifts and path.vectors  # OPT: its learned positions recomputed, its biases corrected
+        seen.append(([t.data_ptr() for t in read], [t.clone() for t in read], path.state()))
+        return pair()
+
+    loss_fn.pair = watched_pair
+    for step in range(3):  # the basis changes at step 2
+        session.method.step(loss_fn, step, 1e-2)
+    assert len(seen) == 3
+    assert seen[0][0] == seen[1][0] == seen[2][0]
+    assert seen[0][2] == seen[1][2] == seen[2][2]
+    for k, values in enumerate(zip(*(values for _, values, _ in seen))):  # values do change: A_acc
+        assert not all(torch.equal(values[0], v) for v in values[1:]), k  # at step 1, B at step 2
+    path.set_direction({}, 1e-3, scale=1.0)
+    assert path.state() != seen[0][2]
+
+
 def test_no_matrix_is_written_during_a_step_and_merges_happen_at_basis_changes(tiny):
     session, loss_fn = session_for(tiny, *VARIANTS["lozo"], path="functional")
     hooked = session.method.functional.hooked  # OPT's learned positions are not: they move in place

@@ -82,7 +82,8 @@ def test_the_command_writes_a_table_json_and_png_without_a_gpu(tmp_path, tiny):
 
 @pytest.mark.parametrize("variant", ["lozo", "lozo-m", "subzo", "tezo", "tezo-adam"])
 def test_the_functional_paths_extra_state_is_estimated_exactly(tiny, variant):
-    """Bases kept on the hooks (and TeZO's U, SubZO's P) and the fp32 factor accumulators."""
+    """Bases (and TeZO's U, SubZO's P), the fp32 factor accumulators, and the copies the hooks read
+    (B, the query's A, the z of the norms moved in place over a doubled batch)."""
     from zoft.engine.objective import BatchLoss
 
     name, optimizer = VARIANTS[variant]
@@ -94,7 +95,8 @@ def test_the_functional_paths_extra_state_is_estimated_exactly(tiny, variant):
     method = method_for(recipe, variant, params, 0, model)
     objective, batch = synthetic_batch(model.config.vocab_size, 2, 8, torch.device("cpu"))
     method.step(BatchLoss(objective, model, batch), 0, 1e-6)
-    kept = {id(t): t for t in [*method.functional.basis.values(), *method.functional.acc.values()]}
+    assert method.pairs(BatchLoss(objective, model, batch))
+    kept = {id(t): t for t in [*method.functional._held.values(), *method.functional.acc.values()]}
     kept |= kept_bases(method)
     est = estimate(shape_of(model, 2, 8), name, optimizer, rank=method.cfg.rank, functional=True)
     assert est.method_state == sum(t.numel() * t.element_size() for t in kept.values())

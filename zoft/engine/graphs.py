@@ -3,50 +3,78 @@
 A small model's forward is launch-bound: SmolLM2-135M launches about 1,100 kernels a forward,
 and on an H100 the launching, not the arithmetic, sets the time. A CUDA graph records the loss of
 one batch shape once and replays it. The graph reads every tensor where it was when recorded, so
-in-place perturbations of the weights are seen, but a forward that reads anything else that
-changes between replays (the functional path's factor tensors, autograd) must not use one: the
-trainer asks the method (`Method.static_forward`). Padded lengths are rounded up to a multiple
-of `BUCKET` tokens (masked padding leaves the loss as it was), so a few shapes cover a task.
+in-place perturbations of the weights are seen, and so are the functional path's factors, which
+its hooks read from buffers they keep (methods/functional.py). What else a recording bakes in (the
+sign of ε those hooks apply, whether the batch is doubled) is the method's `forward_state()`:
+graphs are kept per state, and a state of a new generation (other hooks, other buffers) drops the
+old ones. Autograd cannot be recorded: such methods have no state. Padded lengths are rounded up
+to a multiple of `BUCKET` tokens (masked padding leaves the loss as it was), so a few shapes cover
+a task.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Callable
 
 import torch
 
 BUCKET = 32  # tokens
 
 
-class LossGraphs:
-    """One recorded loss per batch shape, all drawing on one memory pool (replayed one at a time)."""
+@functools.cache
+def recording_stream(device: int) -> torch.cuda.Stream:
+    """One side stream per GPU for every recording, its warm-up included: cuBLAS keeps a workspace
+    (32 MiB on an H100) for each stream it has run on, so a fresh stream per recording would leak
+    one each."""
+    return torch.cuda.Stream(device)
 
-    def __init__(self, objective, model):
-        self.objective, self.model = objective, model
+
+class LossGraphs:
+    """One recorded loss per batch shape and forward state, all drawing on one memory pool
+    (replayed one at a time)."""
+
+    def __init__(self, objective, model, state: Callable[[], tuple] = tuple):
+        self.objective, self.model, self.state = objective, model, state
         self.recorded: dict[tuple, tuple[object, torch.Tensor, torch.cuda.CUDAGraph]] = {}
         self.pool = torch.cuda.graph_pool_handle()
+        self.generation = 0  # a state's first item, when it has one
 
-    def loss(self, batch) -> torch.Tensor:
-        """The objective's loss of `batch` (on the GPU), a fresh tensor each call."""
+    def current(self) -> bool:
+        """Whether a graph of the method's current generation (its hooks, its buffers) was recorded."""
+        state = self.state()
+        return bool(self.recorded) and (state[0] if state else 0) == self.generation
+
+    def loss(self, batch, parts: int = 1) -> torch.Tensor:
+        """The objective's loss of `batch` (on the GPU), or with `parts` > 1 the loss of each of that
+        many equal slices of its examples; a fresh tensor each call."""
+        state = self.state()
+        if (state[0] if state else 0) != self.generation:
+            self.recorded.clear()
+            self.pool = torch.cuda.graph_pool_handle()
+            self.generation = state[0]
         length = -(-batch.input_ids.shape[1] // BUCKET) * BUCKET
         batch = batch.padded_to(length)
-        key = tuple(tuple(t.shape) for t in vars(batch).values())
+        key = (state, parts, *(tuple(t.shape) for t in vars(batch).values()))
         if key not in self.recorded:
-            self.recorded[key] = self._record(batch)
+            self.recorded[key] = self._record(batch, parts)
         inputs, output, graph = self.recorded[key]
         for held, given in zip(vars(inputs).values(), vars(batch).values()):
             held.copy_(given)
         graph.replay()
         return output.clone()  # the next replay overwrites `output`
 
-    def _record(self, batch):
+    def _record(self, batch, parts: int):
         """Warm up on a side stream (as recording requires), then record the loss of a copy of `batch`."""
         inputs = type(batch)(*(t.clone() for t in vars(batch).values()))
-        side = torch.cuda.Stream()
+        loss = lambda: self.objective.part_losses(self.model, inputs, parts) if parts > 1 else self.objective.loss(self.model, inputs)  # noqa: E731
+        side = recording_stream(torch.cuda.current_device())
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
-                self.objective.loss(self.model, inputs)
+                loss()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            output = self.objective.loss(self.model, inputs)
+        with torch.cuda.graph(graph, pool=self.pool, stream=side):
+            output = loss()
         return inputs, output, graph

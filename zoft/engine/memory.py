@@ -141,7 +141,7 @@ def forward_estimate(s: Shape) -> Split:
 def estimate(s: Shape, method: str, optimizer: str, rank: int = 2, functional: bool = False) -> Split:
     """The memory split of one step of `method` with `optimizer`, from shapes alone (SPEC.md's state);
     `functional`: a low-rank method on the functional path (engine.md), which also keeps the
-    update accumulated in factor space (m×r, fp32)."""
+    update accumulated in factor space (m×r, fp32) and copies of what its hooks read."""
     matrices = [(shape, b) for shape, b in s.params if len(shape) >= 2]
     # a direction is drawn in its tensor's dtype, or the compute dtype for a packed (quantized) one
     drawn_bytes = [s.act_bytes if i in s.packed else b for i, (shape, b) in enumerate(s.params) if len(shape) >= 2]
@@ -171,8 +171,12 @@ def estimate(s: Shape, method: str, optimizer: str, rank: int = 2, functional: b
         if method == "tezo":  # r (momentum) or 2r (adam) fp32 numbers per layer
             optimizer_state = moments * 4 * sum(r(shape) for shape, _ in matrices)
         optimizer_state += dense_moments  # 1-D tensors: dense moments
-        if functional:  # and the update accumulated in factor space, m·r fp32 per matrix
+        if functional:  # and the update accumulated in factor space, m·r fp32 per matrix, and the
+            # buffers its hooks (and CUDA graphs of them) read: B and the query's A per matrix, and
+            # over a doubled batch the z of the tensors moved in place (taken to be the 1-D ones)
             method_state += sum(shape[0] * r(shape) * 4 for shape, _ in matrices)
+            method_state += sum((shape[0] + cols(shape)) * r(shape) * b for (shape, _), b in zip(matrices, drawn_bytes))
+            method_state += sum(numel(shape) * b for shape, b in vectors)
     activations = max(forward_activations(s), transient)
     return Split(weights, method_state, optimizer_state, activations)
 

@@ -151,7 +151,7 @@ class BatchLoss:
 
     `pair()` scores the batch twice in one forward (a doubled batch): the functional path
     perturbs the two halves by +ε and −ε. `reduce` averages over data-parallel ranks. With
-    `graphs` (a LossGraphs), the loss is replayed from a CUDA graph of the batch's shape.
+    `graphs` (a LossGraphs), both are replayed from CUDA graphs of the batch's shape.
     """
 
     def __init__(self, objective: "Objective", model, batch, reduce=lambda t: t, graphs=None):
@@ -174,6 +174,8 @@ class BatchLoss:
         """[loss of the first copy, loss of the second] over a doubled batch."""
         if self._doubled is None:
             self._doubled = doubled(self.batch)
+        if self.graphs is not None:
+            return self.reduce(self.graphs.loss(self._doubled, parts=2))
         return self.reduce(self.objective.part_losses(self.model, self._doubled, 2))
 
 

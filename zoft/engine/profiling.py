@@ -11,6 +11,7 @@ import torch
 
 from zoft.config.methods import METHOD_CONFIGS, load_rank_file
 from zoft.config.schema import Recipe
+from zoft.engine.graphs import LossGraphs
 from zoft.engine.memory import GIB, VARIANTS, Split, estimate, forward_estimate, meta_model, shape_of
 from zoft.engine.objective import OBJECTIVES, BatchLoss, Encoded
 from zoft.errors import ZoftError
@@ -68,7 +69,8 @@ def _loaded_shape_model(recipe: Recipe):
 
 
 def measure(recipe: Recipe, variants: list[str], batch: int, seq: int, steps: int) -> dict[str, dict]:
-    """Peak allocated / reserved memory, its split and the mean step time of each variant on CUDA."""
+    """Peak allocated / reserved memory, its split and the mean step time of each variant on CUDA,
+    ZO forwards replayed from CUDA graphs unless `train.cuda_graphs` is false (as in training)."""
     if not torch.cuda.is_available():
         raise ZoftError("profile-memory measures on a CUDA GPU; none is visible (--estimate-only needs none)", title="no GPU")
     torch.cuda.empty_cache()
@@ -80,17 +82,17 @@ def measure(recipe: Recipe, variants: list[str], batch: int, seq: int, steps: in
     results = {"forward": run_steps(lambda step: forward_passes(loss_fn), steps, device, weights, lambda: 0)}
     for variant in variants:
         build = lambda: method_for(recipe, variant, params, recipe.run.seed, model)  # noqa: E731
-        results[variant] = measure_built(build, params, loss_fn, steps, device, weights)
+        results[variant] = measure_built(build, params, loss_fn, steps, device, weights, recipe.train.cuda_graphs is not False)
     return results
 
 
-def measure_built(build, params, loss_fn, steps: int, device, weights: int) -> dict:
+def measure_built(build, params, loss_fn, steps: int, device, weights: int, graphs: bool = False) -> dict:
     """`measure_method` of the method `build()` makes ({"oom": True} when it runs out of memory),
     then the model left as the next method expects it: no hooks, no gradients, the cache emptied."""
     method = None
     try:
         method = build()
-        result = measure_method(method, loss_fn, steps, device, weights)
+        result = measure_method(method, loss_fn, steps, device, weights, graphs)
     except torch.OutOfMemoryError:
         result = {"oom": True}
     if method is not None:
@@ -104,7 +106,12 @@ def measure_built(build, params, loss_fn, steps: int, device, weights: int) -> d
     return result
 
 
-def measure_method(method, loss_fn, steps: int, device, weights: int) -> dict:
+def measure_method(method, loss_fn, steps: int, device, weights: int, graphs: bool = False) -> dict:
+    """With `graphs`, forwards replayed from CUDA graphs where the method allows it, as training
+    does (`train.cuda_graphs`); the peak then counts the recording, where the graphs' memory is taken."""
+    graphs = graphs and method.forward_state() is not None
+    if graphs:
+        loss_fn = graphed(loss_fn, method.forward_state)
     trained = sum(p.numel() * p.element_size() for _, p in method.params)
     grads = trained if isinstance(method, FirstOrder) else 0  # first-order: gradients at the peak
 
@@ -114,7 +121,12 @@ def measure_method(method, loss_fn, steps: int, device, weights: int) -> dict:
     def step(index: int) -> None:  # as in training between evaluations: each step may carry into the next
         method.step(loss_fn, index, 1e-9, carry=index < steps)
 
-    return run_steps(step, steps, device, weights, state_bytes, grads)
+    return run_steps(step, steps, device, weights, state_bytes, grads, count_warm_up=graphs)
+
+
+def graphed(loss_fn: BatchLoss, state=tuple) -> BatchLoss:
+    """`loss_fn` replayed from CUDA graphs kept per forward `state` (engine/graphs.py)."""
+    return BatchLoss(loss_fn.objective, loss_fn.model, loss_fn.batch, loss_fn.reduce, LossGraphs(loss_fn.objective, loss_fn.model, state))
 
 
 def forward_passes(loss_fn, times: int = 1) -> None:
@@ -124,12 +136,18 @@ def forward_passes(loss_fn, times: int = 1) -> None:
             loss_fn()
 
 
-def run_steps(step_fn, steps: int, device, weights: int, state_bytes, transient_state: int = 0) -> dict:
+def run_steps(step_fn, steps: int, device, weights: int, state_bytes, transient_state: int = 0, count_warm_up: bool = False) -> dict:
     """Peak memory split and mean time of `steps` steps after a warm-up; `transient_state` bytes of
-    the state (first-order gradients) exist only around the peak, not between steps."""
+    the state (first-order gradients) exist only around the peak, not between steps. The peak is
+    of the timed steps, or with `count_warm_up` of the warm-up's too (a CUDA graph's replays
+    allocate nothing: its memory is taken while it is recorded, in the warm-up)."""
+    if count_warm_up:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     step_fn(0)  # warm-up: kernels, caches, lazily built state
     torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
+    if not count_warm_up:
+        torch.cuda.reset_peak_memory_stats(device)
     began = time.perf_counter()
     for step in range(1, steps + 1):
         step_fn(step)

@@ -89,7 +89,7 @@ class Session:
         """The training loss of `items` as one batch on the model's device (`reduce`: over ranks),
         replayed from CUDA graphs when the session has them and the method's forward allows it."""
         batch = self.objective.train_batch(items, self.pad_id).to(self.device)
-        graphs = self.graphs if self.graphs is not None and self.method.static_forward() else None
+        graphs = self.graphs if self.graphs is not None and self.method.forward_state() is not None else None
         return BatchLoss(self.objective, self.model, batch, reduce, graphs)
 
 
@@ -425,11 +425,11 @@ class Trainer:
         setting = self.recipe.train.cuda_graphs
         if setting is False or session.device.type != "cuda" or not isinstance(session.method, ZOMethod):
             return
-        session.graphs = LossGraphs(session.objective, session.model)
+        session.graphs = LossGraphs(session.objective, session.model, session.method.forward_state)
         self._probe_graphs(session, batcher.batch(step), step)
 
     def _probe_graphs(self, session: Session, items: list[Encoded], step: int) -> None:
-        if session.graphs is None or session.graphs.recorded or not session.method.static_forward():
+        if session.graphs is None or session.method.forward_state() is None or session.graphs.current():
             return
         try:
             with torch.inference_mode():

@@ -74,10 +74,11 @@ class Method(ABC):
     def use_path(self, path: str) -> None:
         """Compute the following steps on `path`, one of `paths()`."""
 
-    def static_forward(self) -> bool:
-        """Whether a forward at this method's current state reads nothing but the model's own
-        tensors, which may change only in place: then a CUDA graph of it may be replayed."""
-        return False
+    def forward_state(self) -> tuple | None:
+        """What a CUDA graph of a training forward at this method's current state bakes in, besides
+        tensors changed only in place (graphs are kept per state); None where no graph may be
+        recorded (autograd)."""
+        return None
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         own = self.state_dict()
@@ -139,8 +140,8 @@ class ZOMethod(Method):
     def is_dense(self, p: torch.Tensor) -> bool:
         return True
 
-    def static_forward(self) -> bool:
-        return True
+    def forward_state(self) -> tuple | None:
+        return ()  # the model's own tensors, moved in place
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.moments.buffers)

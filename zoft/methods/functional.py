@@ -13,15 +13,24 @@ Every other trained tensor (biases, norm weights, matrices of other modules such
 positions) is perturbed in place as usual; over a doubled batch a Linear's bias is corrected on
 the second half (−2εz), and any other module owning one recomputes its second half with the
 tensor at −ε. Nothing here knows which method made A and B.
+
+A forward with the hooks can be recorded as a CUDA graph (engine/graphs.py): every tensor the
+hooks read is copied into a buffer kept from call to call (`_held`), the factors are built inside
+the forward from those, and `state()` names what a recording bakes in (the sign of ε, whether the
+batch is doubled), so that a graph is replayed only where the same Python would have run.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+_generations = itertools.count(1)  # 0: a forward without hooks
 
 
 class Unsupported(ValueError):
@@ -58,17 +67,23 @@ class FunctionalPath:
         for index in self.hooked:
             del self.owners[index]
         self.params = params
-        self.acc: dict[int, torch.Tensor] = {}  # A_acc (m×r), fp32
+        device = params[min(self.hooked)][1].device
+        self.on_gpu = device.type == "cuda"
+        self._signs = torch.tensor([1.0, -1.0], device=device).view(2, 1, 1)  # of a doubled batch's halves
+        self.acc: dict[int, torch.Tensor] = {}  # A_acc (m×r), fp32, updated in place
         self.live: set[int] = set()  # matrices whose A_acc may be non-zero (no GPU sync to ask)
         self.basis: dict[int, torch.Tensor] = {}  # B (n×r) of the accumulator and the direction
-        self.frozen: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # merged-out terms of a read-only W
+        self.frozen: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # merged-out terms of a read-only W (`freeze`)
         self.direction: dict[int, torch.Tensor] = {}  # A (m×r) of the query being evaluated, unscaled
         self.eps = 0.0  # ε of the direction
         self.rows: int | None = None  # over a doubled batch: the examples of each half, else None
         self.scale = 0.0  # s over a whole batch
         self.vectors: dict[int, torch.Tensor] = {}  # z of Linear biases over a doubled batch
-        self.move = None  # over a doubled batch: move(index, scale) shifts an in-place tensor by scale·ε·Z
+        self.shifts: dict[int, object] = {}  # over a doubled batch: Z of in-place tensors of recomputing modules
+        self.generation = next(_generations)  # changes when the hooks' Python would run differently
+        self._held: dict[tuple, torch.Tensor] = {}  # buffers the hooks read, the same from call to call
         self._cache: dict[int, tuple | None] = {}  # the factors the hooks add, until a direction or term changes
+        self._cache_recorded = False  # whether `_cache` was built while a CUDA graph was being recorded
         self._frozen_cache: dict[int, list] = {}  # merged-out terms in the activations' dtype, until they change
         self._index_of: dict[int, list[int]] = {}
         modules: dict[int, nn.Module] = {}
@@ -82,12 +97,25 @@ class FunctionalPath:
             if isinstance(module, nn.Linear) and attr == "bias"
         }
         self._owned: dict[int, list[int]] = {}  # modules recomputing their second half
+        self._attrs: dict[tuple[int, int], list[str]] = {}  # (module, index): the tensor's names there
         for index, owners in self.owners.items():
             for module, attr in owners:
                 if not (isinstance(module, nn.Linear) and attr == "bias"):
                     if id(module) not in self._owned:
                         self.handles.append(module.register_forward_hook(self._recompute_hook))
-                    self._owned.setdefault(id(module), []).append(index)
+                    if index not in self._owned.setdefault(id(module), []):
+                        self._owned[id(module)].append(index)
+                    self._attrs.setdefault((id(module), index), []).append(attr)
+
+    @functools.cached_property
+    def bias_indices(self) -> list[int]:
+        """The trained Linear biases, whose z the second half of a doubled batch subtracts."""
+        return sorted(set(self._bias_index.values()))
+
+    @functools.cached_property
+    def recomputed(self) -> list[int]:
+        """The in-place tensors of modules that recompute the second half of a doubled batch."""
+        return sorted({index for owned in self._owned.values() for index in owned})
 
     @functools.cached_property
     def doubled_problem(self) -> str | None:
@@ -104,53 +132,96 @@ class FunctionalPath:
         self.handles = []
 
     # ---- what the method sets ------------------------------------------------------------
-    def set_basis(self, index: int, basis: torch.Tensor, acc: torch.Tensor) -> None:
-        self.basis[index], self.acc[index] = basis, acc
+    def set_basis(self, index: int, basis: torch.Tensor) -> None:
+        """B of matrix `index`, copied where the hooks read it."""
+        self.basis[index] = self._hold([basis], [("basis", index)])[0]
+        self._cache.clear()
 
-    def set_direction(self, directions: dict[int, torch.Tensor], eps: float = 0.0, scale: float = 0.0, rows=None, vectors=None, move=None) -> None:
+    def set_direction(self, directions: dict[int, torch.Tensor], eps: float = 0.0, scale: float = 0.0, rows=None, vectors=None, shifts=None) -> None:
         """The query's A per hooked matrix and its ε, applied with `scale` over the whole batch, or
         over a doubled batch of `rows` examples a half, +ε first, −ε second (the in-place tensors
-        then being at +ε: `vectors` holds the biases' z and `move` shifts any in-place tensor for
-        the second half's recomputation)."""
-        self.direction, self.eps, self.scale, self.rows = directions, eps, scale, rows
-        self.vectors, self.move = vectors or {}, move
+        then being at +ε: `vectors` holds the biases' z, `shifts` the Z of the other in-place
+        tensors, a dense z or a matrix's (A, Bᵀ), by which the second half's recomputation moves them)."""
+        shifts = shifts or {}
+        given = (
+            [(("direction", i), a) for i, a in directions.items()]
+            + [(("vector", i), z) for i, z in (vectors or {}).items()]
+            + [(("shift", i, k), t) for i, z in shifts.items() for k, t in enumerate(z if isinstance(z, tuple) else (z,))]
+        )
+        held = dict(zip((key for key, _ in given), self._hold([t for _, t in given], [key for key, _ in given])))
+        self.direction = {i: held[("direction", i)] for i in directions}
+        self.vectors = {i: held[("vector", i)] for i in vectors or {}}
+        self.shifts = {
+            i: tuple(held[("shift", i, k)] for k in range(len(z))) if isinstance(z, tuple) else held[("shift", i, 0)]
+            for i, z in shifts.items()
+        }
+        self.eps, self.scale, self.rows = eps, scale, rows
         self._cache.clear()
 
     def clear_direction(self) -> None:
         self.set_direction({})
 
     def changed(self) -> None:
-        """A_acc, B or the frozen terms changed: the hooks' factors are built again."""
+        """A_acc changed: the hooks' factors are built again."""
         self._cache.clear()
+
+    def freeze(self, index: int, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Keep the term A Bᵀ of a read-only matrix on the hooks for good."""
+        self.set_frozen({**self.frozen, index: [*self.frozen.get(index, ()), (a, b)]})
+
+    def set_frozen(self, frozen: dict[int, list[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        self.frozen = frozen
         self._frozen_cache.clear()
+        self._cache.clear()
+        self.generation = next(_generations)  # a recorded forward adds the old list of terms
+
+    def state(self) -> tuple:
+        """What a CUDA graph of a forward with these hooks bakes in besides the tensors' values."""
+        return (self.generation, self.rows is not None, None if self.rows is not None else self.scale, self.eps)
+
+    def _hold(self, tensors: list[torch.Tensor], keys: list[tuple]) -> list[torch.Tensor]:
+        """`tensors` copied into the buffers kept for `keys` (one multi-tensor copy), which a
+        recorded forward reads; a buffer made anew (a first call) is one no recording has read."""
+        for key, tensor in zip(keys, tensors):
+            held = self._held.get(key)
+            if held is None or (held.shape, held.stride(), held.dtype) != (tensor.shape, tensor.stride(), tensor.dtype):
+                self._held[key] = torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device=tensor.device)
+                self.generation = next(_generations)
+        out = [self._held[key] for key in keys]
+        if out:
+            torch._foreach_copy_(out, tensors)
+        return out
 
     # ---- hooks ---------------------------------------------------------------------------
     def _factors(self, index: int, dtype: torch.dtype):
-        """(B, A) with the output's term (x B) Aᵀ, or over a doubled batch (B, A₊, A₋) for its two
-        halves: A = A_acc + s ε A_dir, summed in fp32 and rounded once to the activations' dtype.
-        The first hook after a change builds every matrix's factors with multi-tensor operations
-        (a few kernels when A_dir is fp32 like A_acc; one per matrix when it is in a 16-bit dtype)."""
-        if not self._cache:
+        """(B, A) with the output's term (x B) Aᵀ: A = A_acc + s ε A_dir, summed in fp32 and rounded
+        once to the activations' dtype; over a doubled batch A is (2, m, r), A₊ then A₋, so that one
+        batched product adds both halves' terms. The first hook after a change builds every
+        matrix's factors (a CUDA graph being recorded builds them again, so that its replays do)."""
+        recording = self.on_gpu and torch.cuda.is_current_stream_capturing()
+        if not self._cache or self._cache_recorded != recording:
             self._build(dtype)
+            self._cache_recorded = recording
         factors = self._cache.get(index)
         if factors is not None and factors[1].dtype != dtype:  # a module computing in another dtype
-            factors = (factors[0], *(a.to(dtype) for a in factors[1:]))
+            factors = (factors[0], factors[1].to(dtype))
         return factors
 
     def _build(self, dtype: torch.dtype) -> None:
         self._cache = dict.fromkeys(self.hooked)  # None: nothing to add
         with_direction = [i for i in self.hooked if i in self.direction and i in self.basis]
-        alone = [i for i in self.hooked if i not in self.direction and i in self.live and i in self.basis]
-        signs = [+1.0, -1.0] if self.rows is not None else [self.scale]
-        sums = [
-            torch._foreach_add([self.acc[i] for i in with_direction], [self.direction[i] for i in with_direction], alpha=s * self.eps)
-            for s in signs
-        ] if with_direction else []
-        for k, index in enumerate(with_direction):
-            self._cache[index] = (self.basis[index], *(terms[k].to(dtype) for terms in sums))
+        alone = [i for i in self.hooked if i not in self.direction and i in self.basis]  # A_acc = 0 adds nothing
+        if self.rows is not None:  # A_acc ± ε A_dir: one fused multiply-add (and a rounding) per matrix
+            for index in with_direction:
+                pair = torch.addcmul(self.acc[index], self._signs, self.direction[index], value=self.eps)
+                self._cache[index] = (self.basis[index], pair.to(dtype))
+        elif with_direction:  # A_acc + s ε A_dir for every matrix at once
+            sums = torch._foreach_add([self.acc[i] for i in with_direction], [self.direction[i] for i in with_direction], alpha=self.scale * self.eps)
+            for index, total in zip(with_direction, sums):
+                self._cache[index] = (self.basis[index], total.to(dtype))
         for index in alone:
             acc = self.acc[index].to(dtype)
-            self._cache[index] = (self.basis[index], *([acc] * len(signs)))
+            self._cache[index] = (self.basis[index], acc.expand(2, *acc.shape) if self.rows is not None else acc)
 
     def _frozen_terms(self, index: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The merged-out terms of a read-only matrix in the activations' dtype, cast once."""
@@ -176,12 +247,16 @@ class FunctionalPath:
             factors = self._factors(index, out.dtype)
             if factors is None:
                 continue
-            if len(factors) == 2:
+            if self.rows is None:
                 self._add(module, args[0], out, *factors)
-            else:
-                basis, plus, minus = factors
-                for x, half, a in zip(self._halves(args[0]), self._halves(out), (plus, minus)):
-                    self._add(module, x, half, basis, a)
+            elif isinstance(module, nn.Embedding):
+                for ids, half, a in zip(self._halves(args[0]), self._halves(out), factors[1]):
+                    self._add(module, ids, half, factors[0], a)
+            else:  # both halves at once: out[h] += (x[h] B) A_hᵀ
+                self._halves(out)  # (checks that they are batch-first)
+                basis, pair = factors
+                xb = (args[0] @ basis).view(2, -1, basis.shape[-1])
+                out.view(2, -1, out.shape[-1]).baddbmm_(xb, pair.transpose(1, 2))
         if self.rows is not None and isinstance(module, nn.Linear) and module.bias is not None:
             index = self._bias_index.get(id(module.bias))
             if index in self.vectors:  # the bias is at +εz for the whole batch: the second half wants −εz
@@ -197,23 +272,34 @@ class FunctionalPath:
             out.view(-1, out.shape[-1]).addmm_((x @ b).view(-1, b.shape[-1]), a.T)
 
     def _recompute_hook(self, module, args, out):
-        """Over a doubled batch: the second half again, with this module's in-place tensors at −ε."""
-        if self.rows is None or self.move is None:
+        """Over a doubled batch: the second half again, with this module's in-place tensors at −ε.
+        They are swapped for shifted copies, not moved and moved back: a round trip would round
+        them (a CUDA graph's warm-up would then change a run), and a copy of a bias, a norm or
+        OPT's positions is small."""
+        if self.rows is None or not self.shifts:
             return out
-        owned = self._owned[id(module)]
         half = out.shape[0] // 2
-        for index in owned:
-            self.move(index, -2.0)
+        held = module._parameters
+        kept = {attr: held[attr] for index in self._owned[id(module)] for attr in self._attrs[(id(module), index)]}
         try:
+            for index in self._owned[id(module)]:
+                for attr in self._attrs[(id(module), index)]:
+                    held[attr] = self._shifted(index, -2.0)
             out[half:] = module.forward(*(a[half:] if torch.is_tensor(a) and a.shape[:1] == out.shape[:1] else a for a in args))
         finally:
-            for index in owned:
-                self.move(index, +2.0)
+            held.update(kept)
         return out
+
+    def _shifted(self, index: int, scale: float) -> torch.Tensor:
+        """In-place tensor `index` + scale·ε·Z, as a new tensor: a dense z, or a matrix's A Bᵀ."""
+        p, z = self.params[index][1], self.shifts[index]
+        if isinstance(z, tuple):
+            return p.view(p.shape[0], -1).addmm(*z, alpha=scale * self.eps).view(p.shape)
+        return p.add(z, alpha=scale * self.eps)
 
 
 def attach_terms(model: nn.Module, params, terms: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> FunctionalPath:
     """Hooks adding fixed terms A Bᵀ to matrices that cannot hold them (a quantized base), for evaluation."""
     path = FunctionalPath(model, params, set(terms))
-    path.frozen = {index: [ab] for index, ab in terms.items()}
+    path.set_frozen({index: [ab] for index, ab in terms.items()})
     return path

@@ -108,10 +108,12 @@ class LowRankMethod(ZOMethod):
 
     def _start_accumulators(self) -> None:
         """Zero factor accumulators and the current period's bases on the functional path's hooks."""
+        accs = {}
         for index in sorted(self.functional.hooked):
             w = self.like(index)
-            acc = torch.zeros(w.shape[0], self.rank(index), dtype=torch.float32, device=w.device)
-            self.functional.set_basis(index, self.basis_of(index, w, int(self.acc_period)), acc)
+            accs[index] = torch.zeros(w.shape[0], self.rank(index), dtype=torch.float32, device=w.device)
+        self.functional.acc = accs
+        self._load_bases()
 
     def paths(self) -> list[str]:
         """`method.path: auto` on a GPU: both paths apply, and the trainer times them on the first batch."""
@@ -131,9 +133,9 @@ class LowRankMethod(ZOMethod):
                 self.functional = None
         self.path_state.fill_(int(functional))
 
-    def static_forward(self) -> bool:
-        """In place only: the functional path's hooks read factor tensors made anew each query."""
-        return self.functional is None
+    def forward_state(self) -> tuple:
+        """In place, nothing; on the functional path, what its hooks' recording bakes in."""
+        return () if self.functional is None else self.functional.state()
 
     def _choose_path(self) -> FunctionalPath | None:
         """The functional path when `method.path` asks for it, or (auto) on a GPU where it applies."""
@@ -174,7 +176,7 @@ class LowRankMethod(ZOMethod):
             w.addmm_(a, b_t, alpha=scale * self.cfg.eps)
         for index, p in self.ungrouped:
             if self.is_dense(p):
-                self.move(index, step, query, scale)
+                self.perturb_dense(index, p, step, query, scale)
 
     def plan(self, step: int, query: int) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(index, W, A, Bᵀ) of every matrix moved in place at (step, query), gathered once a query
@@ -188,14 +190,6 @@ class LowRankMethod(ZOMethod):
                     out.append((index, matrix(p), a, b.T))
             return out
         return self.drawn(("plan", query), step, gather)
-
-    def move(self, index: int, step: int, query: int, scale: float) -> None:
-        p = self.params[index][1]
-        if self.is_dense(p):
-            self.perturb_dense(index, p, step, query, scale)
-        else:
-            a, b = self.factors(index, matrix(p), step, query)
-            matrix(p).addmm_(a, b.T, alpha=scale * self.cfg.eps)
 
     def update(self, step: int, grads: Sequence[float], lr: float) -> None:
         self.rebase(step)  # a replayed update comes without the estimate that rebases
@@ -218,8 +212,10 @@ class LowRankMethod(ZOMethod):
         one_pass = self.plain_sgd() and len(grads) == 1
         if one_pass:
             self.add_sgd_in_place(step, grads[0], lr, undo)
+        if self.plain_sgd() and self.functional is not None:
+            self.add_sgd_hooked(step, grads, lr)
         for index, (name, p) in enumerate(self.params):
-            if self.grouped(p) or (one_pass and not self.is_dense(p) and not self.hooked(index)):
+            if self.grouped(p) or (self.plain_sgd() and self.hooked(index)) or (one_pass and not self.is_dense(p)):
                 continue
             if self.is_dense(p):
                 self.update_dense(index, name, p, step, grads, lr, undo=undo)
@@ -252,18 +248,24 @@ class LowRankMethod(ZOMethod):
             w.addmm_(a, b_t, alpha=alphas[scale])
 
     def add_sgd(self, index: int, w: torch.Tensor, step: int, grads: Sequence[float], lr: float, undo: Pending) -> None:
-        """SGD's update of a matrix, W += Σ_q α_q A_q Bᵀ over the queries' own factors (an estimator's
-        SGD step is that combination), the undoing of `undo` folded into its query's α; on the
-        functional path, A_acc += Σ_q α_q A_q in fp32."""
+        """SGD's update of a matrix moved in place, W += Σ_q α_q A_q Bᵀ over the queries' own factors
+        (an estimator's SGD step is that combination), the undoing of `undo` folded into its
+        query's α; the sum in fp32, rounded once."""
         alphas = self.sgd_alphas(grads, lr * self.rank_scale(index), undo)
-        factors = [self.factors(index, w, step, query)[0] for query in range(len(alphas))]
-        if self.hooked(index):
-            for alpha, a in zip(alphas, factors):
-                self.functional.acc[index].add_(a, alpha=alpha)
-            self.functional.live.add(index)
-            return
-        summed = sum(alpha * a.float() for alpha, a in zip(alphas, factors))  # in fp32, rounded once
+        summed = sum(alpha * self.factors(index, w, step, query)[0].float() for query, alpha in enumerate(alphas))
         w.addmm_(summed.to(w.dtype), self.basis_of(index, w, self.period(step)).T)
+
+    def add_sgd_hooked(self, step: int, grads: Sequence[float], lr: float) -> None:
+        """`add_sgd` on the functional path: A_acc += Σ_q α_q A_q in fp32 for every hooked matrix,
+        one multi-tensor add per query and rank scale."""
+        by_scale: dict[float, list[int]] = {}
+        for index in sorted(self.functional.hooked):
+            by_scale.setdefault(self.rank_scale(index), []).append(index)
+        for scale, indices in by_scale.items():
+            accs = [self.functional.acc[index] for index in indices]
+            for query, alpha in enumerate(self.sgd_alphas(grads, lr * scale, None)):
+                torch._foreach_add_(accs, [self.factors(i, self.like(i), step, query)[0] for i in indices], alpha=alpha)
+        self.functional.live.update(self.functional.hooked)
 
     def prefetch(self, step: int) -> None:
         """The matrices' first direction of `step` when it keeps this step's basis (a new basis
@@ -297,13 +299,21 @@ class LowRankMethod(ZOMethod):
 
     def paired_losses(self, loss_fn, step, query):
         """One forward over a doubled batch: the hooks give its halves +εA and −εA, a Linear's bias
-        is corrected and other modules' second halves are recomputed with their tensors at −ε."""
+        is corrected and other modules' second halves are recomputed with their tensors at −ε
+        (a dense tensor's z, or a matrix's A and Bᵀ, given to the hooks)."""
         if self.functional is None or not self.pairs(loss_fn):
             return None
-        biases = {i: self.dense(i, p, step, query) for i, (_, p) in enumerate(self.params)
-                  if self.is_dense(p) and not self.hooked(i)}
-        move = lambda index, scale: self.move(index, step, query, scale)  # noqa: E731
-        self.functional.set_direction(self.directions(step, query), self.cfg.eps, rows=loss_fn.rows(), vectors=biases, move=move)
+        path = self.functional
+        biases = {i: self.dense(i, self.params[i][1], step, query) for i in path.bias_indices}
+        shifts = {}
+        for index in path.recomputed:
+            p = self.params[index][1]
+            if self.is_dense(p):
+                shifts[index] = self.dense(index, p, step, query)
+            else:
+                a, b = self.factors(index, matrix(p), step, query)
+                shifts[index] = (a, b.T)
+        path.set_direction(self.directions(step, query), self.cfg.eps, rows=loss_fn.rows(), vectors=biases, shifts=shifts)
         return loss_fn.pair()
 
     def directions(self, step: int, query: int) -> dict[int, torch.Tensor]:
@@ -338,7 +348,7 @@ class LowRankMethod(ZOMethod):
             if w.dtype.is_floating_point:
                 w.addmm_(acc.to(w.dtype), basis.T)
             else:
-                self.functional.frozen.setdefault(index, []).append((acc.clone(), basis))
+                self.functional.freeze(index, acc.clone(), basis.clone())
             acc.zero_()
         self.functional.live.clear()
         self.functional.changed()
@@ -377,11 +387,11 @@ class LowRankMethod(ZOMethod):
         if "path" in state and int(state["path"]) >= 0:  # the path the run had chosen
             self.use_path("functional" if int(state["path"]) else "inplace")
         if self.functional is not None:
-            self.functional.frozen = {
+            self.functional.set_frozen({
                 index: [(state[f"frozen.A.{name}"].to(p.device), state[f"frozen.B.{name}"].to(p.device))]
                 for index, (name, p) in enumerate(self.params)
                 if f"frozen.A.{name}" in state
-            }
+            })
         super().load_state_dict(state)
         if self.functional is not None:  # the basis of the loaded accumulators' period
             self.functional.live.update(self.functional.hooked)
@@ -390,5 +400,4 @@ class LowRankMethod(ZOMethod):
     def _load_bases(self) -> None:
         """Put the basis B of period `acc_period` on the hooks."""
         for index in sorted(self.functional.hooked):
-            self.functional.basis[index] = self.basis_of(index, self.like(index), int(self.acc_period))
-        self.functional.changed()
+            self.functional.set_basis(index, self.basis_of(index, self.like(index), int(self.acc_period)))
