@@ -3,9 +3,12 @@
 Rows per model shape and batch size (random weights, bf16, synthetic token ids):
   forward            one inference forward (the memory floor)
   two forwards       two back-to-back forwards: the floor of a two-sided ZO step
+  two forwards       the same replayed from a CUDA graph (with --graphs on): the floor of a ZO
+    (CUDA graph)     step whose forwards are replayed, as training's are (`train.cuda_graphs`)
   reference MeZO     MeZO as its official code is written (an independent re-implementation of
                      that algorithm: torch.normal per tensor, z regenerated for each of 4 passes)
-  zoft methods       each ZO method and optimizer, on the in-place and functional paths
+  zoft methods       each ZO method and optimizer, on the in-place and functional paths, forwards
+                     replayed from CUDA graphs as in training (--graphs on, the default) or eager
   AdamW              first-order fine-tuning (backpropagation)
 
 Usage (on a CUDA machine, from the repository root):
@@ -30,7 +33,7 @@ import torch
 from zoft.config.loader import load_recipe
 from zoft.config.methods import METHOD_CONFIGS
 from zoft.engine.objective import BatchLoss
-from zoft.engine.profiling import forward_passes, measure_built, run_steps, synthetic_batch
+from zoft.engine.profiling import forward_passes, graphed, measure_built, run_steps, synthetic_batch
 from zoft.engine.trainer import prepare_model
 from zoft.methods import METHODS
 
@@ -78,7 +81,9 @@ def reference_mezo_step(params, loss_fn, seed: int, eps: float = 1e-3, lr: float
                 p.data = p.data - lr * grad * z
 
 
-def bench_shape(shape: str, batches: list[int], seq: int, steps: int, variants: list[str], quantization: str = "none") -> list[dict]:
+def bench_shape(
+    shape: str, batches: list[int], seq: int, steps: int, variants: list[str], quantization: str = "none", graphs: bool = True
+) -> list[dict]:
     recipe = load_recipe(
         "profile/opt-1.3b",
         [f"model.config={shape}", "model.dtype=bf16", "model.device=cuda", f"model.quantization={quantization}", "method.name=tezo"],
@@ -97,6 +102,11 @@ def bench_shape(shape: str, batches: list[int], seq: int, steps: int, variants: 
         rows.append({"shape": shape, "batch": batch, "row": "forward", **base})
         pair = run_steps(lambda step: forward_passes(loss_fn, 2), steps, device, weights, lambda: 0)
         rows.append({"shape": shape, "batch": batch, "row": "two forwards", **pair})
+        if graphs:
+            replayed = graphed(loss_fn)
+            pair = run_steps(lambda step: forward_passes(replayed, 2), steps, device, weights, lambda: 0, count_warm_up=True)
+            rows.append({"shape": shape, "batch": batch, "row": "two forwards (CUDA graph)", **pair})
+            del replayed
         if quantization == "none":
             try:
                 ref = run_steps(lambda step: reference_mezo_step(params, loss_fn, step), steps, device, weights, lambda: 0)
@@ -112,9 +122,11 @@ def bench_shape(shape: str, batches: list[int], seq: int, steps: int, variants: 
             def build():
                 method = METHODS.get(name, "")(params, cfg, optim, 0, steps_per_epoch=1000, max_steps=1000, model=model)
                 row["path"] = "functional" if getattr(method, "functional", None) is not None else "in place"
+                if graphs and method.forward_state() is not None:
+                    row["path"] += ", graph"
                 return method
 
-            result = measure_built(build, params, loss_fn, steps, device, weights)  # sets row["path"]
+            result = measure_built(build, params, loss_fn, steps, device, weights, graphs)  # sets row["path"]
             rows.append({**row, **result})
             print(json.dumps(rows[-1]), flush=True)
     del model, params
@@ -140,21 +152,28 @@ def machine_header(command: str, setting: str = "") -> list[str]:
 
 def markdown(rows: list[dict], command: str) -> str:
     out = machine_header(command, "; random weights, bf16, synthetic batches of 256 tokens") + [
-        "\"× two fwd\" is the step time over that of two forward passes (the floor of a two-sided step); "
+        "\"× two fwd\" is the step time over that of two eager forward passes (the floor of a two-sided step), "
+        "\"× graphed\" over that of two forwards replayed from a CUDA graph; \"graph\" in the path: the "
+        "step's forwards were replayed from CUDA graphs, as in training; "
         "\"peak vs fwd\" compares the step's peak allocated memory with one forward's.",
     ]
     for (shape, batch) in dict.fromkeys((r["shape"], r["batch"]) for r in rows):
         group = [r for r in rows if r["shape"] == shape and r["batch"] == batch]
         fwd = next(r for r in group if r["row"] == "forward")
         two = next(r for r in group if r["row"] == "two forwards")
-        out += ["", f"### {shape}, batch {batch}", "", "| step | path | ms | × two fwd | peak GiB | peak vs fwd |", "|---|---|---|---|---|---|"]
+        replayed = next((r for r in group if r["row"] == "two forwards (CUDA graph)"), None)
+        out += [
+            "", f"### {shape}, batch {batch}", "",
+            "| step | path | ms | × two fwd |" + (" × graphed |" if replayed else "") + " peak GiB | peak vs fwd |",
+            "|---|---|---|---|" + ("---|" if replayed else "") + "---|---|",
+        ]
         for r in group:
             if r.get("oom"):
-                out.append(f"| {r['row']} | | out of memory | | | |")
+                out.append(f"| {r['row']} | | out of memory | |" + (" |" if replayed else "") + " | |")
                 continue
-            ratio = r["step_ms"] / two["step_ms"]
+            ratio = f"{r['step_ms'] / two['step_ms']:.2f}" + (f" | {r['step_ms'] / replayed['step_ms']:.2f}" if replayed else "")
             vs = (r["peak"] / fwd["peak"] - 1) * 100
-            out.append(f"| {r['row']} | {r.get('path', '')} | {r['step_ms']:.1f} | {ratio:.2f} | {r['peak']:.3f} | {vs:+.2f}% |")
+            out.append(f"| {r['row']} | {r.get('path', '')} | {r['step_ms']:.1f} | {ratio} | {r['peak']:.3f} | {vs:+.2f}% |")
     return "\n".join(out) + "\n"
 
 
@@ -166,6 +185,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--quantization", default="none", choices=["none", "int8", "nf4"], help="quantize the base (functional low-rank rows only)")
+    parser.add_argument("--graphs", default="on", choices=["on", "off"], help="replay ZO steps' forwards from CUDA graphs, as training does")
     parser.add_argument("--out", default="bench-out")
     parser.add_argument("--docs", default=None, help="a markdown file whose engine-benchmark section is replaced")
     args = parser.parse_args()
@@ -180,7 +200,7 @@ def main() -> None:
         sys.exit(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
     rows = []
     for shape in args.shapes.split(","):
-        rows += bench_shape(shape, batches, args.seq, args.steps, variants, args.quantization)
+        rows += bench_shape(shape, batches, args.seq, args.steps, variants, args.quantization, args.graphs == "on")
     (out / "engine.json").write_text(json.dumps(rows, indent=1))
     command = "python benchmarks/engine.py " + " ".join(sys.argv[1:])
     text = markdown(rows, command)

@@ -2,7 +2,8 @@
 
 Usage (on a CUDA machine): python benchmarks/profile_step.py --shape llama-7b --method tezo --batch 16
 Prints the top operators by CUDA time and by CPU time, and the step's wall time beside the GPU's
-busy time (a gap means the GPU waited for Python).
+busy time (a gap means the GPU waited for Python). Forwards are replayed from CUDA graphs as in
+training, unless `--set train.cuda_graphs=false`.
 """
 
 import argparse
@@ -13,7 +14,7 @@ import torch
 from zoft.config.loader import load_recipe
 from zoft.engine.memory import VARIANTS
 from zoft.engine.objective import BatchLoss
-from zoft.engine.profiling import method_for, synthetic_batch
+from zoft.engine.profiling import graphed, method_for, synthetic_batch
 from zoft.engine.trainer import prepare_model
 
 
@@ -35,6 +36,8 @@ def main() -> None:
     objective, data = synthetic_batch(model.config.vocab_size, args.batch, args.seq, device)
     loss_fn = BatchLoss(objective, model, data)
     method = method_for(recipe, args.method, params, 0, model)
+    if recipe.train.cuda_graphs is not False and method.forward_state() is not None:  # as training does
+        loss_fn = graphed(loss_fn, method.forward_state)
     method.step(loss_fn, 0, 1e-9)
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
