@@ -99,6 +99,18 @@ def test_functional_training_with_graphs_follows_eager_training(tiny, model, met
     assert all(torch.allclose(weights[k], runs[False][2][k], rtol=1e-4, atol=1e-6) for k in weights)
 
 
+def test_choosing_the_path_with_graphs_records_each_paths_forward(tiny):
+    """`method.path: auto` times both paths on the first batch, switching hooks on and off: each
+    switch starts a new generation of graphs, and the run goes on with the faster path's."""
+    tiny["model"].update(device="cuda", name_or_path="tiny:opt-32x2")
+    tiny["method"].update(name="lozo", rank=2, path="auto")
+    tiny["train"].update(cuda_graphs=True, max_steps=4)
+    train(tiny)
+    rows = read_metrics(run_dir(tiny) / "metrics.jsonl")
+    assert any(r.get("event") == "path" for r in rows)
+    assert sum("proj_grad" in r for r in rows) == 4
+
+
 def test_carried_perturbations_on_the_gpu_change_no_bit_of_a_run(tiny, monkeypatch):
     """The compiled two-term kernel (fused FMA, round to nearest even) and graphed forwards: a run
     whose MeZO steps carry their successors' perturbations equals one that never carries."""

@@ -45,7 +45,7 @@ def test_estimated_state_equals_what_the_method_keeps(tiny, variant):
     params = list(model.named_parameters())
     name, optimizer = VARIANTS[variant]
     method = method_for(recipe, variant, params, 0)
-    objective, batch = synthetic_batch(model.config.vocab_size, 2, 8, torch.device("cpu"))
+    objective, batch = synthetic_batch(model.config.vocab_size, 2, 8, model.device)
     method.step(lambda: objective.loss(model, batch), 0, 1e-6)
     kept = sum(t.numel() * t.element_size() for t in method.state_dict().values() if t.dim())  # not bookkeeping scalars
     est = estimate(shape_of(model, 2, 8), name, optimizer, rank=getattr(method.cfg, "rank", 2))
@@ -93,7 +93,7 @@ def test_the_functional_paths_extra_state_is_estimated_exactly(tiny, variant):
     model, _ = load_model(recipe.model, 0)
     params = list(model.named_parameters())
     method = method_for(recipe, variant, params, 0, model)
-    objective, batch = synthetic_batch(model.config.vocab_size, 2, 8, torch.device("cpu"))
+    objective, batch = synthetic_batch(model.config.vocab_size, 2, 8, model.device)
     method.step(BatchLoss(objective, model, batch), 0, 1e-6)
     assert method.pairs(BatchLoss(objective, model, batch))
     kept = {id(t): t for t in [*method.functional._held.values(), *method.functional.acc.values()]}

@@ -30,6 +30,11 @@ def recording_stream(device: int) -> torch.cuda.Stream:
     return torch.cuda.Stream(device)
 
 
+def generation_of(state: tuple) -> int:
+    """A forward state's generation: its first item, 0 for the empty state (no hooks)."""
+    return state[0] if state else 0
+
+
 class LossGraphs:
     """One recorded loss per batch shape and forward state, all drawing on one memory pool
     (replayed one at a time)."""
@@ -42,17 +47,17 @@ class LossGraphs:
 
     def current(self) -> bool:
         """Whether a graph of the method's current generation (its hooks, its buffers) was recorded."""
-        state = self.state()
-        return bool(self.recorded) and (state[0] if state else 0) == self.generation
+        return bool(self.recorded) and generation_of(self.state()) == self.generation
 
     def loss(self, batch, parts: int = 1) -> torch.Tensor:
         """The objective's loss of `batch` (on the GPU), or with `parts` > 1 the loss of each of that
         many equal slices of its examples; a fresh tensor each call."""
         state = self.state()
-        if (state[0] if state else 0) != self.generation:
+        generation = generation_of(state)
+        if generation != self.generation:
             self.recorded.clear()
             self.pool = torch.cuda.graph_pool_handle()
-            self.generation = state[0]
+            self.generation = generation
         length = -(-batch.input_ids.shape[1] // BUCKET) * BUCKET
         batch = batch.padded_to(length)
         key = (state, parts, *(tuple(t.shape) for t in vars(batch).values()))
