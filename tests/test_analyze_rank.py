@@ -60,6 +60,7 @@ def test_the_command_records_the_true_gradient_spectra_and_writes_a_usable_rank_
     assert names == ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.down_proj.weight",
                      "model.layers.1.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight"]
     # step 0's spectrum equals numpy's SVD of the autograd gradient at the initial weights
+    tiny["model"]["device"] = "cpu"  # the reference gradient goes to numpy
     session = build_session(recipe_from_dict(tiny), with_method=False)
     weight = dict(session.model.named_parameters())[names[0]]
     weight.requires_grad_(True)

@@ -42,6 +42,7 @@ def test_the_saved_adapter_loads_with_peft_and_reproduces_the_trained_model(lora
     base, tok = build_tiny("tiny:llama-32x2", 0)
     loaded = PeftModel.from_pretrained(base, run_dir(lora) / "model").eval()
     lora["checkpoint"]["resume"] = "auto"
+    lora["model"]["device"] = "cpu"  # beside the base built on the CPU
     session = build_session(recipe_from_dict(lora), with_method=False)
     from zoft.engine import checkpoint
 

@@ -49,6 +49,11 @@ def trained(request, tmp_path_factory):
     return recipe
 
 
+def on_cpu(recipe: dict) -> dict:
+    """A copy of `recipe` whose model loads on the CPU, beside the CPU-built references."""
+    return {**recipe, "model": {**recipe["model"], "device": "cpu"}}
+
+
 def base_model(arch: str):
     """The tiny model a run of seed 0 starts from, in eval mode as zoft loads it (OPT has dropout)."""
     base, tok = build_tiny(arch, 0)
@@ -158,7 +163,7 @@ def test_smollm2_shape_trainable_counts_are_the_documented_ones():
 def test_only_the_modes_tensors_train_and_are_checkpointed(trained):
     saved = load_file(run_dir(trained) / "checkpoints" / "step_0000006" / "trainable.safetensors")
     if trained["params"]["mode"] == "prefix":
-        start = build_session(recipe_from_dict(trained), with_method=False).params
+        start = build_session(recipe_from_dict(on_cpu(trained)), with_method=False).params
         assert list(saved) == ["prompt_encoder.default.embedding.weight"]
         assert not torch.equal(saved["prompt_encoder.default.embedding.weight"], start[0][1])
     else:
@@ -176,7 +181,7 @@ def test_the_saved_model_reloads_and_reproduces_the_trained_logits(trained):
     else:
         assert json.loads((folder / "tt_adapter_config.json").read_text())["adapter_dim"] == 8
         loaded = load_tt_adapter(base, folder)
-    session = build_session(recipe_from_dict(trained), with_method=False)
+    session = build_session(recipe_from_dict(on_cpu(trained)), with_method=False)
     checkpoint.load_weights(run_dir(trained) / "checkpoints" / "best", session.params)
     ids, mask, pos = prompt(tok)
     with torch.no_grad():
@@ -211,7 +216,7 @@ def test_encoder_modes_train_the_new_head_and_reload_with_it(mode, tiny, shared_
         loaded = PeftModel.from_pretrained(base.eval(), run_dir(tiny) / "model")
     else:
         loaded = load_tt_adapter(base.eval(), run_dir(tiny) / "model")
-    session = build_session(recipe_from_dict(tiny), with_method=False)
+    session = build_session(recipe_from_dict(on_cpu(tiny)), with_method=False)
     checkpoint.load_weights(run_dir(tiny) / "checkpoints" / "best", session.params)
     batch = tok(["how far is the moon", "who wrote it"], return_tensors="pt", padding=True)
     with torch.no_grad():

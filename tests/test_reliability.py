@@ -30,6 +30,13 @@ from zoft.tracking.metrics import is_step, read_metrics
 from test_train import run_dir, train, train_copy, train_records
 
 
+@pytest.fixture
+def tiny(tiny):
+    """Eager forwards: faults are injected into Objective.loss, which a replayed CUDA graph does not call."""
+    tiny["train"]["cuda_graphs"] = False
+    return tiny
+
+
 class Faulty:
     """Wraps the classify objective's loss: call number n (1-based) gets `fault(n, loss)`."""
 

@@ -68,14 +68,15 @@ class World:
         return reduced / self.size
 
 
-def init_world() -> World:
-    """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPU."""
+def init_world(on_gpu: bool) -> World:
+    """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL with a GPU a rank
+    (`on_gpu`), gloo on the CPU (a recipe's model.device: cpu, even where GPUs are)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "nccl" if on_gpu else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend)
