@@ -19,8 +19,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture
+def tiny(tiny):
+    """Gloo ranks on the CPU, and their one-process reference there too, even beside a GPU."""
+    tiny["model"]["device"] = "cpu"
+    return tiny
+
+
 def torchrun(recipe: dict, path, nproc: int) -> subprocess.CompletedProcess:
-    recipe = {**recipe, "model": {**recipe["model"], "device": "cpu"}}  # gloo ranks, even beside one GPU
     path.write_text(yaml.safe_dump(recipe))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
