@@ -36,7 +36,7 @@ def main() -> None:
     objective, data = synthetic_batch(model.config.vocab_size, args.batch, args.seq, device)
     loss_fn = BatchLoss(objective, model, data)
     method = method_for(recipe, args.method, params, 0, model)
-    if recipe.train.cuda_graphs is not False and method.forward_state() is not None:  # as training does
+    if recipe.train.cuda_graphs is not False:  # as training does
         loss_fn = graphed(loss_fn, method.forward_state)
     method.step(loss_fn, 0, 1e-9)
     torch.cuda.synchronize()

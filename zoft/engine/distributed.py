@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from zoft.models.loading import pick_device
+
 
 @dataclass(frozen=True)
 class World:
@@ -68,15 +70,15 @@ class World:
         return reduced / self.size
 
 
-def init_world(on_gpu: bool) -> World:
-    """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL with a GPU a rank
-    (`on_gpu`), gloo on the CPU (a recipe's model.device: cpu, even where GPUs are)."""
+def init_world(device: str) -> World:
+    """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL where `model.device`
+    resolves to a GPU, gloo on the CPU (model.device: cpu, even where GPUs are)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if on_gpu else "gloo"
+        backend = "nccl" if pick_device(device).type == "cuda" else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend)

@@ -109,7 +109,6 @@ def measure_built(build, params, loss_fn, steps: int, device, weights: int, grap
 def measure_method(method, loss_fn, steps: int, device, weights: int, graphs: bool = False) -> dict:
     """With `graphs`, forwards replayed from CUDA graphs where the method allows it, as training
     does (`train.cuda_graphs`); the peak then counts the recording, where the graphs' memory is taken."""
-    graphs = graphs and method.forward_state() is not None
     if graphs:
         loss_fn = graphed(loss_fn, method.forward_state)
     trained = sum(p.numel() * p.element_size() for _, p in method.params)
@@ -121,11 +120,14 @@ def measure_method(method, loss_fn, steps: int, device, weights: int, graphs: bo
     def step(index: int) -> None:  # as in training between evaluations: each step may carry into the next
         method.step(loss_fn, index, 1e-9, carry=index < steps)
 
-    return run_steps(step, steps, device, weights, state_bytes, grads, count_warm_up=graphs)
+    return run_steps(step, steps, device, weights, state_bytes, grads, count_warm_up=loss_fn.graphs is not None)
 
 
 def graphed(loss_fn: BatchLoss, state=tuple) -> BatchLoss:
-    """`loss_fn` replayed from CUDA graphs kept per forward `state` (engine/graphs.py)."""
+    """`loss_fn` replayed from CUDA graphs kept per forward `state` (engine/graphs.py); itself
+    where the state is None (a forward no graph may record)."""
+    if state() is None:
+        return loss_fn
     return BatchLoss(loss_fn.objective, loss_fn.model, loss_fn.batch, loss_fn.reduce, LossGraphs(loss_fn.objective, loss_fn.model, state))
 
 

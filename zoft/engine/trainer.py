@@ -188,7 +188,7 @@ def dry_run(recipe: Recipe) -> dict:
 class Trainer:
     def __init__(self, recipe: Recipe, reporter: Reporter | None = None):
         self.recipe = recipe
-        self.world = init_world(recipe.model.device != "cpu" and torch.cuda.is_available())
+        self.world = init_world(recipe.model.device)
         if self.world.size > 1:
             self._check_distributed()
         self.reporter = (reporter or Reporter()) if self.world.is_main else Reporter()

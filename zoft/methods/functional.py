@@ -96,16 +96,13 @@ class FunctionalPath:
             id(module.bias): index for index, owners in self.owners.items() for module, attr in owners
             if isinstance(module, nn.Linear) and attr == "bias"
         }
-        self._owned: dict[int, list[int]] = {}  # modules recomputing their second half
-        self._attrs: dict[tuple[int, int], list[str]] = {}  # (module, index): the tensor's names there
+        self._owned: dict[int, dict[int, list[str]]] = {}  # module recomputing its second half -> index -> names there
         for index, owners in self.owners.items():
             for module, attr in owners:
                 if not (isinstance(module, nn.Linear) and attr == "bias"):
                     if id(module) not in self._owned:
                         self.handles.append(module.register_forward_hook(self._recompute_hook))
-                    if index not in self._owned.setdefault(id(module), []):
-                        self._owned[id(module)].append(index)
-                    self._attrs.setdefault((id(module), index), []).append(attr)
+                    self._owned.setdefault(id(module), {}).setdefault(index, []).append(attr)
 
     @functools.cached_property
     def bias_indices(self) -> list[int]:
@@ -134,7 +131,7 @@ class FunctionalPath:
     # ---- what the method sets ------------------------------------------------------------
     def set_basis(self, index: int, basis: torch.Tensor) -> None:
         """B of matrix `index`, copied where the hooks read it."""
-        self.basis[index] = self._hold([basis], [("basis", index)])[0]
+        self.basis[index] = self._hold({("basis", index): basis})[("basis", index)]
         self._cache.clear()
 
     def set_direction(self, directions: dict[int, torch.Tensor], eps: float = 0.0, scale: float = 0.0, rows=None, vectors=None, shifts=None) -> None:
@@ -143,12 +140,11 @@ class FunctionalPath:
         then being at +ε: `vectors` holds the biases' z, `shifts` the Z of the other in-place
         tensors, a dense z or a matrix's (A, Bᵀ), by which the second half's recomputation moves them)."""
         shifts = shifts or {}
-        given = (
-            [(("direction", i), a) for i, a in directions.items()]
-            + [(("vector", i), z) for i, z in (vectors or {}).items()]
-            + [(("shift", i, k), t) for i, z in shifts.items() for k, t in enumerate(z if isinstance(z, tuple) else (z,))]
+        held = self._hold(
+            {("direction", i): a for i, a in directions.items()}
+            | {("vector", i): z for i, z in (vectors or {}).items()}
+            | {("shift", i, k): t for i, z in shifts.items() for k, t in enumerate(z if isinstance(z, tuple) else (z,))}
         )
-        held = dict(zip((key for key, _ in given), self._hold([t for _, t in given], [key for key, _ in given])))
         self.direction = {i: held[("direction", i)] for i in directions}
         self.vectors = {i: held[("vector", i)] for i in vectors or {}}
         self.shifts = {
@@ -179,17 +175,17 @@ class FunctionalPath:
         """What a CUDA graph of a forward with these hooks bakes in besides the tensors' values."""
         return (self.generation, self.rows is not None, None if self.rows is not None else self.scale, self.eps)
 
-    def _hold(self, tensors: list[torch.Tensor], keys: list[tuple]) -> list[torch.Tensor]:
-        """`tensors` copied into the buffers kept for `keys` (one multi-tensor copy), which a
+    def _hold(self, given: dict[tuple, torch.Tensor]) -> dict[tuple, torch.Tensor]:
+        """Each tensor copied into the buffer kept for its key (one multi-tensor copy), which a
         recorded forward reads; a buffer made anew (a first call) is one no recording has read."""
-        for key, tensor in zip(keys, tensors):
+        for key, tensor in given.items():
             held = self._held.get(key)
             if held is None or (held.shape, held.stride(), held.dtype) != (tensor.shape, tensor.stride(), tensor.dtype):
                 self._held[key] = torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device=tensor.device)
                 self.generation = next(_generations)
-        out = [self._held[key] for key in keys]
+        out = {key: self._held[key] for key in given}
         if out:
-            torch._foreach_copy_(out, tensors)
+            torch._foreach_copy_(list(out.values()), list(given.values()))
         return out
 
     # ---- hooks ---------------------------------------------------------------------------
@@ -280,11 +276,10 @@ class FunctionalPath:
             return out
         half = out.shape[0] // 2
         held = module._parameters
-        kept = {attr: held[attr] for index in self._owned[id(module)] for attr in self._attrs[(id(module), index)]}
+        shifted = {attr: self._shifted(index, -2.0) for index, attrs in self._owned[id(module)].items() for attr in attrs}
+        kept = {attr: held[attr] for attr in shifted}
         try:
-            for index in self._owned[id(module)]:
-                for attr in self._attrs[(id(module), index)]:
-                    held[attr] = self._shifted(index, -2.0)
+            held.update(shifted)
             out[half:] = module.forward(*(a[half:] if torch.is_tensor(a) and a.shape[:1] == out.shape[:1] else a for a in args))
         finally:
             held.update(kept)
