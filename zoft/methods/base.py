@@ -92,6 +92,17 @@ class Method(ABC):
 METHODS: Registry[type[Method]] = Registry("method")
 
 
+def combine(per_query: list[list[torch.Tensor]], grads: Sequence[float]) -> list[torch.Tensor]:
+    """Σ_q g_q X_q / Q for every tensor of the lists at once (X_q: query q's tensors), rounded as
+    `sum(g * x for ...) / Q` rounds them, in one multi-tensor launch or two per query."""
+    out = torch._foreach_mul(per_query[0], grads[0])
+    for tensors, g in zip(per_query[1:], grads[1:]):
+        torch._foreach_add_(out, torch._foreach_mul(tensors, g))
+    if len(grads) > 1:
+        torch._foreach_div_(out, len(grads))
+    return out
+
+
 class DenseMoments:
     """Full-size momentum (m) or Adam (m, v) buffers for tensors updated along dense directions."""
 
@@ -105,18 +116,26 @@ class DenseMoments:
                     self.buffers[f"v.{name}"] = torch.zeros_like(p)
 
     def apply(self, name: str, p: torch.Tensor, estimate: torch.Tensor, lr: float, step: int) -> None:
-        """p ← p − η·(m) for momentum, p ← p − η·m̂/(√v̂+δ) for Adam (bias-corrected, t = step + 1)."""
+        self.apply_many([name], [p], [estimate], lr, step)
+
+    def apply_many(self, names: list[str], params: list[torch.Tensor], estimates: list[torch.Tensor], lr: float, step: int) -> None:
+        """p ← p − η·(m) for momentum, p ← p − η·m̂/(√v̂+δ) for Adam (bias-corrected, t = step + 1),
+        for every tensor at once: a few multi-tensor launches, not a dozen per tensor."""
         betas = self.optim.beta_values()
-        m = self.buffers[f"m.{name}"]
-        m.mul_(betas[0]).add_(estimate, alpha=1 - betas[0])
+        ms = [self.buffers[f"m.{name}"] for name in names]
+        torch._foreach_mul_(ms, betas[0])
+        torch._foreach_add_(ms, estimates, alpha=1 - betas[0])
         if self.optim.name == "momentum":
-            p.add_(m, alpha=-lr)
+            torch._foreach_add_(params, ms, alpha=-lr)
             return
-        v = self.buffers[f"v.{name}"]
-        v.mul_(betas[1]).addcmul_(estimate, estimate, value=1 - betas[1])
+        vs = [self.buffers[f"v.{name}"] for name in names]
+        torch._foreach_mul_(vs, betas[1])
+        torch._foreach_addcmul_(vs, estimates, estimates, value=1 - betas[1])
         t = step + 1
-        denom = (v / (1 - betas[1] ** t)).sqrt_().add_(self.optim.adam_eps)
-        p.addcdiv_(m, denom, value=-lr / (1 - betas[0] ** t))
+        denoms = torch._foreach_div(vs, 1 - betas[1] ** t)
+        torch._foreach_sqrt_(denoms)
+        torch._foreach_add_(denoms, self.optim.adam_eps)
+        torch._foreach_addcdiv_(params, ms, denoms, value=-lr / (1 - betas[0] ** t))
 
 
 class ZOMethod(Method):
@@ -245,18 +264,23 @@ class ZOMethod(Method):
             torch._foreach_add_(tensors, self.group_directions(step, query), alpha=scale * self.cfg.eps)
 
     def update_group(self, step: int, grads: Sequence[float], lr: float, undo: Pending = None) -> None:
-        """update_dense for every grouped tensor: with SGD one foreach kernel per query."""
-        if not self.plain_sgd():  # moments, or decay of small matrices
-            if undo is not None:
-                self.perturb_group(step, undo[0], -undo[1])
-            for index, p in self.group:
-                self.update_dense(index, self.params[index][0], p, step, grads, lr)
-            return
+        """update_dense for every grouped tensor at once: SGD one multi-tensor add per query, momentum
+        and Adam a few multi-tensor launches in all."""
         tensors = [p for _, p in self.group]
         if not tensors:
             return
-        for query, alpha in enumerate(self.sgd_alphas(grads, lr, undo)):
-            torch._foreach_add_(tensors, self.group_directions(step, query), alpha=alpha)
+        if not self.plain_sgd():  # moments, or decay of small matrices
+            if undo is not None:
+                self.perturb_group(step, undo[0], -undo[1])
+                undo = None
+            for p in tensors:
+                self.decay(p, lr)
+        if self.optim.name == "sgd":
+            for query, alpha in enumerate(self.sgd_alphas(grads, lr, undo)):
+                torch._foreach_add_(tensors, self.group_directions(step, query), alpha=alpha)
+            return
+        estimates = combine([self.group_directions(step, query) for query in range(len(grads))], grads)
+        self.moments.apply_many([self.params[i][0] for i, _ in self.group], tensors, estimates, lr, step)
 
     def sgd_alphas(self, grads: Sequence[float], lr: float, undo: Pending) -> list[float]:
         """Each query's coefficient of its z in an SGD update, undoing `undo` folded in."""
@@ -278,9 +302,7 @@ class ZOMethod(Method):
             for query, alpha in enumerate(self.sgd_alphas(grads, lr, undo)):
                 self.add_dense(index, p, step, query, alpha)
             return
-        estimate = torch.zeros_like(p)
-        for query, g in enumerate(grads):
-            estimate.add_(self.dense(index, p, step, query), alpha=g / len(grads))
+        estimate = combine([[self.dense(index, p, step, query)] for query in range(len(grads))], grads)[0]
         self.moments.apply(name, p, estimate, lr, step)
 
     def decay(self, p: torch.Tensor, lr: float) -> None:

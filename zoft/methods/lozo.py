@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from zoft.engine.rng import BASIS, DIRECTION, gaussian
-from zoft.methods.base import METHODS
+from zoft.methods.base import METHODS, combine
 from zoft.methods.lowrank import LowRankMethod
 
 
@@ -50,18 +50,21 @@ class LOZO(LowRankMethod):
             return self.u(index, w, step, query), self.functional.basis[index]
         return self.u(index, w, step, query), self.v(index, w, self.period(step))
 
-    def update_factors(self, index, name, w, step, grads, lr):
+    def update_factors(self, indices, step, grads, lr):
         k = self.period(step)
-        factor = sum(g * self.u(index, w, step, q) for q, g in enumerate(grads)) / len(grads)  # m×r
+        likes = [self.like(index) for index in indices]
+        factors = combine([[self.u(i, w, step, q) for i, w in zip(indices, likes)] for q in range(len(grads))], grads)  # m×r each
         if self.optim.name == "momentum":
-            n_buf = self.momentum[f"N.{name}"]
+            buffers = [self.momentum[f"N.{self.params[index][0]}"] for index in indices]
             old = int(self.momentum_basis)
-            if old != k:  # carry N into the new basis: N V_oldᵀ V_new / n
-                n_buf.copy_(n_buf @ (self.draw_v(index, w, old).T @ self.v(index, w, k)) / w.shape[1])  # the old V, not kept
+            if old != k:  # carry N into the new basis: N V_oldᵀ V_new / n (the old V, not kept)
+                for index, w, n_buf in zip(indices, likes, buffers):
+                    n_buf.copy_(n_buf @ (self.draw_v(index, w, old).T @ self.v(index, w, k)) / w.shape[1])
             beta = self.optim.beta_values()[0]
-            n_buf.mul_(beta).add_(factor, alpha=1 - beta)
-            factor = n_buf
-        return factor * (-lr * self.rank_scale(index))
+            torch._foreach_mul_(buffers, beta)
+            torch._foreach_add_(buffers, factors, alpha=1 - beta)
+            factors = buffers
+        return torch._foreach_mul(factors, [-lr * self.rank_scale(index) for index in indices])
 
     def updated(self, step: int) -> None:
         self.momentum_basis.fill_(self.period(step))

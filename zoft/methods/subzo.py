@@ -11,7 +11,7 @@ import math
 import torch
 
 from zoft.engine.rng import BASIS, DIRECTION, gaussian
-from zoft.methods.base import METHODS
+from zoft.methods.base import METHODS, combine
 from zoft.methods.lowrank import LowRankMethod
 
 
@@ -43,7 +43,8 @@ class SubZO(LowRankMethod):
         a = self.drawn(("a", index, query), step, lambda: self.scale(index, w) * (p @ self.s(index, w, step, query)))
         return a, q
 
-    def update_factors(self, index, name, w, step, grads, lr):
-        p, _ = self.subspace(index, w, self.period(step))
-        core = sum(g * self.s(index, w, step, j) for j, g in enumerate(grads)) / len(grads)
-        return (p @ core) * (-lr * self.scale(index, w))
+    def update_factors(self, indices, step, grads, lr):
+        period = self.period(step)
+        likes = [self.like(index) for index in indices]
+        cores = combine([[self.s(i, w, step, q) for i, w in zip(indices, likes)] for q in range(len(grads))], grads)
+        return [(self.subspace(i, w, period)[0] @ core) * (-lr * self.scale(i, w)) for i, w, core in zip(indices, likes, cores)]

@@ -46,28 +46,35 @@ class TeZO(LowRankMethod):
         u, v = self.basis(index, w, self.period(step))
         return self.drawn(("a", index, query), step, lambda: u * self.tau(index, w, step, query)), v
 
-    def update_factors(self, index, name, w, step, grads, lr):
-        u, _ = self.basis(index, w, self.period(step))
-        coeff = sum(g * self.tau(index, w, step, q).float() for q, g in enumerate(grads)) / len(grads)
+    def update_factors(self, indices, step, grads, lr):
+        period = self.period(step)
+        likes = [self.like(index) for index in indices]
+        taus = [torch.cat([self.tau(i, w, step, q) for i, w in zip(indices, likes)]).float() for q in range(len(grads))]
+        coeffs = list((sum(g * tau for g, tau in zip(grads, taus)) / len(grads)).split([self.rank(i) for i in indices]))
         if self.optim.name != "sgd":
-            coeff = self.factor_step(name, coeff, step)
-        return u.float() * (coeff * (-lr * self.rank_scale(index)))
+            coeffs = self.factor_step([self.params[index][0] for index in indices], coeffs, step)
+        scaled = torch._foreach_mul(coeffs, [-lr * self.rank_scale(index) for index in indices])
+        return torch._foreach_mul([self.basis(i, w, period)[0] for i, w in zip(indices, likes)], scaled)  # U diag(c), fp32
 
-    def factor_step(self, name: str, c: torch.Tensor, step: int) -> torch.Tensor:
-        """Momentum or Adam on the r coefficients c_t = g_t τ_t; returns the coefficients to apply."""
+    def factor_step(self, names: list[str], coeffs: list[torch.Tensor], step: int) -> list[torch.Tensor]:
+        """Momentum or Adam on each matrix's r coefficients c_t = g_t τ_t, all matrices at once;
+        returns the coefficients to apply."""
         betas = self.optim.beta_values()
+        ms = [self.factor_moments[f"m.{name}"] for name in names]
+        vs = [self.factor_moments[f"v.{name}"] for name in names] if self.optim.name == "adam" else []
         if self.cfg.refresh_interval and step % self.cfg.refresh_interval == 0 and step > 0:
-            for key in (f"m.{name}", f"v.{name}"):
-                if key in self.factor_moments:
-                    self.factor_moments[key].zero_()
-        m = self.factor_moments[f"m.{name}"]
-        m.mul_(betas[0]).add_(c, alpha=1 - betas[0])
+            torch._foreach_zero_(ms + vs)
+        torch._foreach_mul_(ms, betas[0])
+        torch._foreach_add_(ms, coeffs, alpha=1 - betas[0])
         if self.optim.name == "momentum":
-            return m
-        v = self.factor_moments[f"v.{name}"]
-        v.mul_(betas[1]).addcmul_(c, c, value=1 - betas[1])
+            return ms
+        torch._foreach_mul_(vs, betas[1])
+        torch._foreach_addcmul_(vs, coeffs, coeffs, value=1 - betas[1])
         t = (step % self.cfg.refresh_interval if self.cfg.refresh_interval else step) + 1
-        return (m / (1 - betas[0] ** t)) / ((v / (1 - betas[1] ** t)).sqrt() + self.optim.adam_eps)
+        denoms = torch._foreach_div(vs, 1 - betas[1] ** t)
+        torch._foreach_sqrt_(denoms)
+        torch._foreach_add_(denoms, self.optim.adam_eps)
+        return torch._foreach_div(torch._foreach_div(ms, 1 - betas[0] ** t), denoms)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return super().state_dict() | self.factor_moments
