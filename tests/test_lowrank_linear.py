@@ -1,0 +1,72 @@
+"""The fused low-rank linear kernel (engine/lowrank_linear.py) against the same sum in torch:
+compiled on a GPU in bf16, or run by Triton's interpreter on the CPU in fp16 (the interpreter's
+bf16 products are wrong)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from zoft.engine import lowrank_linear
+
+from test_functional import VARIANTS
+from test_methods_train import fixed_batch
+
+COMPILED = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+DEVICE, DTYPE = ("cuda", torch.bfloat16) if COMPILED else ("cpu", torch.float16)
+ULP = torch.finfo(DTYPE).eps
+pytestmark = pytest.mark.skipif(
+    not lowrank_linear.usable(torch.zeros(8, 8, dtype=DTYPE, device=DEVICE), torch.zeros(8, 8, dtype=DTYPE, device=DEVICE)),
+    reason="needs Triton (its interpreter on the CPU)",
+)
+
+
+@pytest.mark.parametrize(
+    "rows, k, n, rank, doubled, bias, shift",
+    [
+        (40, 48, 40, 8, False, True, False),  # one factor; rows not a multiple of a tile
+        (64, 32, 48, 4, True, True, True),  # a doubled batch with its bias correction
+        (30, 24, 24, 3, True, False, False),  # no bias; halves splitting a tile
+        (32, 64, 32, 20, True, True, True),  # a rank over 16 (padded to 32)
+    ],
+)
+def test_the_kernel_sums_what_the_eager_terms_sum(rows, k, n, rank, doubled, bias, shift):
+    g = torch.Generator().manual_seed(rows + rank)
+    x, w = torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g)
+    b = torch.randn(n, generator=g) if bias else None
+    basis = torch.randn(k, rank, generator=g)
+    factors = torch.randn(2 if doubled else 1, n, rank, generator=g)
+    z = torch.randn(n, generator=g) if shift else None
+    half = rows // 2 if doubled else None
+    low = lambda t: None if t is None else t.to(DEVICE, DTYPE)  # noqa: E731
+    got = lowrank_linear.fused(low(x), low(w), low(b), low(basis), low(factors), half, low(z), -0.3)
+    assert got.dtype == DTYPE
+    want = lowrank_linear.reference(*(None if t is None else low(t).float() for t in (x, w, b, basis, factors)), half, None if z is None else low(z).float(), -0.3)
+    # the same 16-bit inputs; x·B rounded to 16 bits, and the output: a few ulp of the largest values
+    torch.testing.assert_close(got.float(), want, rtol=0, atol=want.abs().max().item() * 4 * ULP)
+    if doubled:  # the second half's factor is used there: with F₁ swapped for F₀ the sum differs
+        assert not torch.allclose(lowrank_linear.reference(x, w, b, basis, factors[[0, 0]], half, z, -0.3).to(DEVICE), want, atol=0.1)
+
+
+def test_the_functional_path_adds_its_terms_with_the_kernel(tiny, monkeypatch):
+    """16-bit OPT (biases, a tied embedding) over a doubled batch: the same losses and projected
+    gradients with every linear layer's terms added by the kernel as by F.linear and the hooks."""
+    launches = []
+    fused = lowrank_linear.fused
+    monkeypatch.setattr(lowrank_linear, "fused", lambda *a, **kw: launches.append(1) or fused(*a, **kw))
+    runs = {}
+    for kernel in (True, False):
+        monkeypatch.setattr(lowrank_linear, "usable", lowrank_linear.usable if kernel else lambda x, w: False)
+        method, optim = VARIANTS["lozo"]
+        session, loss_fn = fixed_batch(
+            tiny, model={"name_or_path": "tiny:opt-32x2", "dtype": "bf16" if COMPILED else "fp16", "device": DEVICE},
+            method={**method, "path": "functional", "paired_forward": "always"}, optim=optim,
+        )
+        runs[kernel] = [session.method.step(loss_fn, step, session.method.optim.lr) for step in range(3)]
+    assert launches, "the kernel never ran"
+    for with_kernel, hooks in zip(runs[True], runs[False]):
+        assert with_kernel.loss == pytest.approx(hooks.loss, rel=2e-3)
+        quantum = abs(hooks.loss) * ULP / (2 * session.method.cfg.eps)  # a loss's last bit, in a projected gradient
+        assert with_kernel.grads == pytest.approx(hooks.grads, abs=2 * quantum)
