@@ -32,6 +32,7 @@ import torch
 
 from zoft.config.loader import load_recipe
 from zoft.config.methods import METHOD_CONFIGS
+from zoft.engine import lowrank_linear
 from zoft.engine.objective import BatchLoss
 from zoft.engine.profiling import forward_passes, graphed, measure_built, run_steps, synthetic_batch
 from zoft.engine.trainer import prepare_model
@@ -186,6 +187,8 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--quantization", default="none", choices=["none", "int8", "nf4"], help="quantize the base (functional low-rank rows only)")
     parser.add_argument("--graphs", default="on", choices=["on", "off"], help="replay ZO steps' forwards from CUDA graphs, as training does")
+    parser.add_argument("--fused-linear", default="on", choices=["on", "off"],
+                        help="off: the functional path adds its terms after cuBLAS's linear layers (no Triton kernel), to compare")
     parser.add_argument("--out", default="bench-out")
     parser.add_argument("--docs", default=None, help="a markdown file whose engine-benchmark section is replaced")
     args = parser.parse_args()
@@ -198,6 +201,8 @@ def main() -> None:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         sys.exit(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
+    if args.fused_linear == "off":
+        lowrank_linear.usable = lambda x, weight: False  # every layer: F.linear, then the hooks' terms
     rows = []
     for shape in args.shapes.split(","):
         rows += bench_shape(shape, batches, args.seq, args.steps, variants, args.quantization, args.graphs == "on")

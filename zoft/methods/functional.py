@@ -14,6 +14,10 @@ positions) is perturbed in place as usual; over a doubled batch a Linear's bias 
 the second half (−2εz), and any other module owning one recomputes its second half with the
 tensor at −ε. Nothing here knows which method made A and B.
 
+A plain nn.Linear gets `_linear_forward` in place of its forward, which on a GPU computes the layer
+and its terms in one kernel (engine/lowrank_linear.py) and elsewhere the layer, then the hook's
+terms.
+
 A forward with the hooks can be recorded as a CUDA graph (engine/graphs.py): every tensor the
 hooks read is copied into a buffer kept from call to call (`_held`), the factors are built inside
 the forward from those, and `state()` names what a recording bakes in (the sign of ε, whether the
