@@ -7,7 +7,6 @@ keeps the m×r momentum N.
 
 from __future__ import annotations
 
-from typing import Sequence
 
 import torch
 
