@@ -7,7 +7,6 @@ keeps the m×r momentum N.
 
 from __future__ import annotations
 
-
 import torch
 
 from zoft.engine.rng import BASIS, DIRECTION, gaussian
