@@ -4,17 +4,15 @@ bf16 products are wrong)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-from zoft.engine import lowrank_linear
+from zoft.engine import kernels, lowrank_linear
 
 from test_functional import VARIANTS
 from test_methods_train import fixed_batch
 
-COMPILED = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+COMPILED = kernels.compiled()
 DEVICE, DTYPE = ("cuda", torch.bfloat16) if COMPILED else ("cpu", torch.float16)
 ULP = torch.finfo(DTYPE).eps
 pytestmark = pytest.mark.skipif(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
+from zoft.engine import kernels
 from zoft.engine.noise import add_gaussian_, gaussian_like
 from zoft.errors import ZoftError
 
@@ -16,7 +15,7 @@ from test_methods import fresh_params, make, quadratic, sampled_estimates
 
 # Interpreted (TRITON_INTERPRET=1, as conftest sets by default) the kernel reads CPU tensors;
 # compiled on a GPU it reads CUDA ones only: the tests below build theirs where it can read them.
-KERNEL_DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
+KERNEL_DEVICE = "cuda" if kernels.compiled() else "cpu"
 
 
 def test_the_kernel_draws_standard_gaussians_that_regenerate_exactly():

@@ -3,20 +3,19 @@
 The functional path (methods/functional.py) adds (x B)(A_acc ± εA)ᵀ to every trained linear
 layer's output. Done after the layer, that term costs three passes over the activations (x·B
 reads x; adding the product reads and writes y), and over a doubled batch the bias correction of
-the second half (−2εz) a fourth: at batch 16 on OPT-1.3B a step took 1.5× a doubled forward, and at
-batch 4 the 240 small kernels were a fifth of it. The Triton kernel here sums x·B in the loop over
-K that sums x·Wᵀ, and adds the rank-r term, the bias and the correction before its one rounding:
-a doubled forward plus about R/BLOCK_N more tensor-core work. `reference` is the same sum in
-torch, as the hooks compute it; tests compare the kernel with it under Triton's interpreter.
+the second half (−2εz) a fourth. Here x·B is one small cuBLAS product (M×r), and the Triton
+kernel computes x·Wᵀ by TMA tiles and adds the rank-r term, the bias and the correction to each
+fp32 tile before its one rounding: no pass over y after the layer. `reference` is the same sum in
+torch, as the hooks compute it; tests compare the kernel with it, compiled on a GPU and under
+Triton's interpreter on the CPU.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-
 import torch
 import torch.nn.functional as F
+
+from zoft.engine import kernels
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages), chosen on the H100 by benchmarks/lowrank_linear.py.
 LARGE = (128, 256, 64, 8, 8, 4)
@@ -48,7 +47,7 @@ def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     Under Triton's interpreter (tests), fp16 only: its bf16 products are wrong (Triton 3.9)."""
     return (
         weight.shape[1] <= weight.shape[0] and x.dtype in DTYPES and weight.dtype == x.dtype and _kernel() is not None
-        and (x.device.type == "cuda" or (_interpreted() and x.dtype == torch.float16))
+        and (x.device.type == "cuda" or (kernels.interpreted() and x.dtype == torch.float16))
         and x.is_contiguous() and weight.is_contiguous()
         and x.shape[-1] % 8 == 0 and weight.shape[0] % 8 == 0
         and x.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0
@@ -81,22 +80,10 @@ def fused(x, weight, bias, basis, factors, half=None, shift=None, shift_scale=0.
 
 
 def _config(rows: int) -> tuple[int, ...]:
-    if _interpreted():
+    if kernels.interpreted():
         return INTERPRETED
     return LARGE if rows >= 4096 else SMALL
 
 
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-@functools.cache
 def _kernel():
-    """The Triton kernel, imported on first use (so TRITON_INTERPRET set by then is honoured)."""
-    if not torch.cuda.is_available() and not _interpreted():
-        return None
-    try:
-        from zoft.engine.lowrank_kernels import lowrank_linear_kernel
-    except ImportError:
-        return None
-    return lowrank_linear_kernel
+    return kernels.kernel("zoft.engine.lowrank_kernels", "lowrank_linear_kernel")

@@ -12,10 +12,10 @@ normals at most 2.2e-4 apart (benchmarks/noise_kernel.py): a GPU run resumes bit
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
+from zoft.engine import kernels
 from zoft.engine.rng import gaussian, stream_seed
 
 # Measured on the H100 (benchmarks/noise_kernel.py): one pass over 2.1e9 bf16 elements takes 6.10 ms
@@ -136,23 +136,12 @@ def _launch(p: torch.Tensor, alpha: float, seed: int) -> None:
 
 def _fast(device: torch.device) -> bool:
     """Approximate log/sin/cos in the transform: compiled for a GPU, not under the interpreter."""
-    return device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
+    return device.type == "cuda" and not kernels.interpreted()
 
 
-@functools.cache
 def _kernel_many():
-    from zoft.engine.noise_kernels import add_gaussian_many_kernel
-
-    return add_gaussian_many_kernel
+    return kernels.kernel("zoft.engine.noise_kernels", "add_gaussian_many_kernel")
 
 
-@functools.cache
 def _kernel():
-    """The Triton kernel, imported on first use (so TRITON_INTERPRET set by then is honoured)."""
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-        return None
-    try:
-        from zoft.engine.noise_kernels import add_gaussian_kernel
-    except ImportError:
-        return None
-    return add_gaussian_kernel
+    return kernels.kernel("zoft.engine.noise_kernels", "add_gaussian_kernel")

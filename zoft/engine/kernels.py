@@ -1,0 +1,31 @@
+"""Where zoft's Triton kernels run: compiled on a CUDA GPU, or under Triton's interpreter
+(TRITON_INTERPRET=1, which the tests set) on the CPU."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+import torch
+
+
+def interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def compiled() -> bool:
+    """Kernels are compiled for a GPU here (not interpreted): they read CUDA tensors only."""
+    return torch.cuda.is_available() and not interpreted()
+
+
+@functools.cache
+def kernel(module: str, name: str):
+    """Kernel `name` of `module`, imported on first use (so TRITON_INTERPRET set by then is
+    honoured); None where it cannot run: no GPU and no interpreter, or no Triton."""
+    if not torch.cuda.is_available() and not interpreted():
+        return None
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError:
+        return None
