@@ -216,10 +216,16 @@ class FunctionalPath:
         if self.rows is None:
             return lowrank_linear.fused(x, module.weight, module.bias, basis, pair.unsqueeze(0))
         self._halves(x)
-        shift = self.vectors.get(self._bias_index.get(id(module.bias))) if module.bias is not None else None
         return lowrank_linear.fused(
-            x, module.weight, module.bias, basis, pair, half=x.numel() // x.shape[-1] // 2, shift=shift, shift_scale=-2 * self.eps
+            x, module.weight, module.bias, basis, pair, half=x.numel() // x.shape[-1] // 2, shift=self._bias_z(module), shift_scale=-2 * self.eps
         )
+
+    def _bias_z(self, module: nn.Module) -> torch.Tensor | None:
+        """Over a doubled batch, the z of a Linear's trained bias (at +εz for the whole batch, so
+        the second half takes −2εz); None for any other module or bias."""
+        if self.rows is None or not isinstance(module, nn.Linear) or module.bias is None:
+            return None
+        return self.vectors.get(self._bias_index.get(id(module.bias)))
 
     def _factors(self, index: int, dtype: torch.dtype):
         """(B, A) with the output's term (x B) Aᵀ: A = A_acc + s ε A_dir, summed in fp32 and rounded
@@ -285,10 +291,9 @@ class FunctionalPath:
                 basis, pair = factors
                 xb = (args[0] @ basis).view(2, -1, basis.shape[-1])
                 out.view(2, -1, out.shape[-1]).baddbmm_(xb, pair.transpose(1, 2))
-        if self.rows is not None and isinstance(module, nn.Linear) and module.bias is not None:
-            index = self._bias_index.get(id(module.bias))
-            if index in self.vectors:  # the bias is at +εz for the whole batch: the second half wants −εz
-                self._halves(out)[1].sub_(self.vectors[index].to(out.dtype), alpha=2 * self.eps)
+        z = self._bias_z(module)
+        if z is not None:
+            self._halves(out)[1].sub_(z.to(out.dtype), alpha=2 * self.eps)
         return out
 
     @staticmethod
