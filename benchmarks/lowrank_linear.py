@@ -1,12 +1,17 @@
-"""Time the fused low-rank linear kernel against cuBLAS and the eager terms, per layer shape.
+"""Time the functional path's linear layer with its low-rank term, per layer shape, on the GPU alone.
 
-For each (rows, in, out) of a model's linear layers, on a doubled batch of `rows` rows:
-  two linears   F.linear over each half (cuBLAS), what two plain forwards spend on the layer;
-  eager terms   F.linear over all rows, then x·B and the halves' rank-r products added to y and the
-                second half's bias correction (the functional path's hooks before the kernel);
-  fused         the Triton kernel with each candidate tile config; the best is reported.
+For each (rows, in, out) of a model's linear layers, with a rank-r term, in the two forms a step
+uses: `single`, rows of one sign (a step of two forwards, the term A_acc + sεA); `doubled`, a
+doubled batch of `rows` rows, its halves at +ε and −ε (paired_forward):
+  cuBLAS          F.linear, what a plain forward spends on the layer (over each half, when doubled);
+  eager terms     F.linear, then x·B and the rank-r products added to y (and the second half's
+                  bias correction): the hooks;
+  fused           zoft's layer (engine/lowrank_linear.py): the terms and the bias written by a
+                  Triton kernel, then cuBLAS adds x·Wᵀ to them (addmm_, β = 1); the best of the
+                  tile configs, and the default's time.
+Each is recorded in a CUDA graph and replayed, so that the host's launch time is not counted.
 
-    python benchmarks/lowrank_linear.py --rows 8192,2048 --out bench-lr
+    python benchmarks/lowrank_linear.py --rows 4096,8192 --out bench-lr
 """
 
 from __future__ import annotations
@@ -24,66 +29,82 @@ LAYERS = {
     "opt-1.3b": [(2048, 2048), (2048, 8192), (8192, 2048)],
     "llama-7b": [(4096, 4096), (4096, 11008), (11008, 4096)],
 }
-CONFIGS = [
-    (128, 256, 64, 8, 8, 3), (128, 256, 64, 8, 8, 4), (256, 128, 64, 8, 8, 3), (128, 128, 64, 8, 4, 4),
-    (128, 128, 64, 8, 8, 4), (128, 128, 128, 8, 8, 3), (64, 256, 64, 8, 4, 4), (64, 128, 64, 8, 4, 4),
-    (128, 64, 64, 8, 4, 4),
-]
+TILES = [(64, 128, 4), (128, 128, 4), (64, 256, 4), (128, 256, 8), (32, 128, 4)]
 
 
 def timed(fn, reps: int) -> float:
-    """Milliseconds per call, `reps` calls queued back to back after a warm-up."""
-    for _ in range(3):
-        fn()
+    """Milliseconds per call of `fn` on the GPU: `reps` calls recorded in one CUDA graph, replayed."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize()
     start.record()
-    for _ in range(reps):
-        fn()
+    for _ in range(3):
+        graph.replay()
     end.record()
     torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
+    return start.elapsed_time(end) / reps / 3
+
+
+def best(candidates: dict, reps: int) -> tuple[tuple, float]:
+    times = {config: timed(fn, reps) for config, fn in candidates.items()}
+    config = min(times, key=times.get)
+    return config, times[config]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="opt-1.3b,llama-7b")
-    parser.add_argument("--rows", default="8192,2048", help="rows of the doubled batch (examples × tokens × 2)")
+    parser.add_argument("--rows", default="4096,8192", help="rows of a forward's batch (examples × tokens)")
+    parser.add_argument("--modes", default="single,doubled")
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--reps", type=int, default=50)
+    parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.manual_seed(0)
-    warm = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    timed(lambda: warm @ warm, 200)  # clocks up before the first timing
     results = []
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, rank {args.rank}")
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, rank {args.rank}; ms on the GPU, × cuBLAS")
     for model in args.models.split(","):
         for rows in (int(r) for r in args.rows.split(",")):
-            for k, n in LAYERS[model]:
-                dt = torch.bfloat16
-                x = torch.randn(rows, k, device="cuda", dtype=dt)
-                w = torch.randn(n, k, device="cuda", dtype=dt) / k ** 0.5
-                bias = torch.randn(n, device="cuda", dtype=dt)
-                basis = torch.randn(k, args.rank, device="cuda", dtype=dt) / k ** 0.5
-                factors = torch.randn(2, n, args.rank, device="cuda", dtype=dt) * 1e-3
-                shift = torch.randn(n, device="cuda", dtype=dt)
-                half = rows // 2
-                call = dict(half=half, shift=shift, shift_scale=-2e-3)
-                want = lr.reference(x.float(), w.float(), bias.float(), basis.float(), factors.float(), half, shift.float(), -2e-3)
-                error = (lr.fused(x, w, bias, basis, factors, **call).float() - want).abs().max().item()
-                eager_error = (lr.reference(x, w, bias, basis, factors, **call).float() - want).abs().max().item()
-                two = timed(lambda: (F.linear(x[:half], w, bias), F.linear(x[half:], w, bias)), args.reps)
-                eager = timed(lambda: lr.reference(x, w, bias, basis, factors, **call), args.reps)
-                fused = {c: timed(lambda c=c: lr.fused(x, w, bias, basis, factors, **call, config=c), args.reps) for c in CONFIGS}
-                best = min(fused, key=fused.get)
-                row = dict(model=model, rows=rows, k=k, n=n, two_linears_ms=two, eager_ms=eager,
-                           fused_ms=fused[best], best=best, default=lr._config(rows), default_ms=fused[lr._config(rows)],
-                           error=error, eager_error=eager_error, all={str(c): t for c, t in fused.items()})
-                results.append(row)
-                print(f"{model} rows {rows} {k}->{n}: two linears {two:.3f} ms, eager {eager:.3f} ({eager / two:.2f}x), "
-                      f"fused {fused[best]:.3f} ({fused[best] / two:.2f}x) best {best}, default {row['default_ms']:.3f}; "
-                      f"max error fused {error:.3g} eager {eager_error:.3g}", flush=True)
+            for mode in args.modes.split(","):
+                for k, n in LAYERS[model]:
+                    dt = torch.bfloat16
+                    x = torch.randn(rows, k, device="cuda", dtype=dt)
+                    w = torch.randn(n, k, device="cuda", dtype=dt) / k ** 0.5
+                    bias = torch.randn(n, device="cuda", dtype=dt)
+                    basis = torch.randn(k, args.rank, device="cuda", dtype=dt) / k ** 0.5
+                    if mode == "doubled":
+                        half = rows // 2
+                        factors = torch.randn(2, n, args.rank, device="cuda", dtype=dt) * 1e-3
+                        call = dict(half=half, shift=torch.randn(n, device="cuda", dtype=dt), shift_scale=-2e-3)
+                        plain = lambda: (F.linear(x[:half], w, bias), F.linear(x[half:], w, bias))  # noqa: E731
+                    else:
+                        factors = torch.randn(1, n, args.rank, device="cuda", dtype=dt) * 1e-3
+                        call = {}
+                        plain = lambda: F.linear(x, w, bias)  # noqa: E731
+                    want = lr.reference(x.float(), w.float(), bias.float(), basis.float(), factors.float(), **{
+                        key: value.float() if torch.is_tensor(value) else value for key, value in call.items()})
+                    error = (lr.fused(x, w, bias, basis, factors, **call).float() - want).abs().max().item()
+                    eager_error = (lr.reference(x, w, bias, basis, factors, **call).float() - want).abs().max().item()
+                    cublas = timed(plain, args.reps)
+                    eager = timed(lambda: lr.reference(x, w, bias, basis, factors, **call), args.reps)
+                    tiles, fused = best({t: lambda t=t: lr.fused(x, w, bias, basis, factors, **call, tiles=t) for t in TILES}, args.reps)
+                    default = timed(lambda: lr.fused(x, w, bias, basis, factors, **call), args.reps)
+                    row = dict(model=model, rows=rows, mode=mode, k=k, n=n, cublas_ms=cublas, eager_ms=eager, fused_ms=fused, tiles=tiles,
+                               default_ms=default, error=error, eager_error=eager_error)
+                    results.append(row)
+                    print(f"{model} {mode} {rows} rows {k}->{n}: cuBLAS {cublas:.3f} ms, eager terms {eager:.3f} ({eager / cublas:.2f}x), "
+                          f"fused {fused:.3f} ({fused / cublas:.2f}x) tiles {tiles}, default {default:.3f} ({default / cublas:.2f}x); "
+                          f"max error fused {error:.3g}, eager {eager_error:.3g}", flush=True)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "lowrank_linear.json").write_text(json.dumps(results, indent=1))

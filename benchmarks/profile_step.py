@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--trace", help="also write the profile as a Chrome trace (JSON) here")
     parser.add_argument("--set", nargs="*", default=[], help="extra recipe overrides, e.g. method.path=inplace")
     args = parser.parse_args()
     method_name = VARIANTS[args.method][0]  # so that --set may name that method's keys (method.path, method.rank)
@@ -46,6 +47,8 @@ def main() -> None:
             method.step(loss_fn, step, 1e-9)
         torch.cuda.synchronize()
         wall = (time.perf_counter() - began) / args.steps * 1000
+    if args.trace:
+        prof.export_chrome_trace(args.trace)
     events = prof.key_averages()
     kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]  # not the ops launching them
     gpu = sum(e.self_device_time_total for e in kernels) / args.steps / 1000

@@ -1,6 +1,6 @@
-"""The fused low-rank linear kernel (engine/lowrank_linear.py) against the same sum in torch:
-compiled on a GPU in bf16, or run by Triton's interpreter on the CPU in fp16 (the interpreter's
-bf16 products are wrong)."""
+"""The low-rank linear layer (engine/lowrank_linear.py: the term kernel, then cuBLAS's x·Wᵀ) against
+the same sum in torch: compiled on a GPU in bf16, or run by Triton's interpreter on the CPU in fp16
+(the interpreter's bf16 products are wrong)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(
         (64, 32, 48, 4, True, True, True),  # a doubled batch with its bias correction
         (30, 24, 24, 3, True, False, False),  # no bias; halves splitting a tile
         (32, 64, 32, 20, True, True, True),  # a rank over 16 (padded to 32)
+        (48, 72, 24, 8, True, True, True),  # more inputs than outputs (a down projection)
     ],
 )
 def test_the_kernel_sums_what_the_eager_terms_sum(rows, k, n, rank, doubled, bias, shift):
@@ -42,7 +43,7 @@ def test_the_kernel_sums_what_the_eager_terms_sum(rows, k, n, rank, doubled, bia
     got = lowrank_linear.fused(low(x), low(w), low(b), low(basis), low(factors), half, low(z), -0.3)
     assert got.dtype == DTYPE
     want = lowrank_linear.reference(*(None if t is None else low(t).float() for t in (x, w, b, basis, factors)), half, None if z is None else low(z).float(), -0.3)
-    # the same 16-bit inputs; x·B rounded to 16 bits, and the output: a few ulp of the largest values
+    # the same 16-bit inputs; x·B, the term and the output rounded to 16 bits: a few ulp of the largest values
     torch.testing.assert_close(got.float(), want, rtol=0, atol=want.abs().max().item() * 4 * ULP)
     if doubled:  # the second half's factor is used there: with F₁ swapped for F₀ the sum differs
         assert not torch.allclose(lowrank_linear.reference(x, w, b, basis, factors[[0, 0]], half, z, -0.3).to(DEVICE), want, atol=0.1)

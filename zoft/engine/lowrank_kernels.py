@@ -1,38 +1,22 @@
-"""The fused low-rank linear kernel of `zoft.engine.lowrank_linear` (imported only where Triton is usable)."""
+"""The low-rank term kernel of `zoft.engine.lowrank_linear` (imported only where Triton is usable)."""
 
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def lowrank_linear_kernel(
-    x_desc, w_desc, y_desc, bias_ptr, xb_ptr, factor_ptr, shift_ptr,
-    M, N, K, half, rank, shift_scale,
-    sxbm, sxbr, sfh, sfn, sfr,
+def lowrank_term_kernel(
+    y_ptr, bias_ptr, xb_ptr, factor_ptr, shift_ptr,
+    M, N, half, rank, shift_scale,
+    sym, sxbm, sxbr, sfh, sfn, sfr,
     HAS_BIAS: tl.constexpr, HAS_SHIFT: tl.constexpr, DOUBLED: tl.constexpr,
-    R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """y = x Wᵀ + bias + (x B) F_hᵀ (+ shift_scale · shift on rows ≥ half), h = 0 for rows < half,
-    else 1, with x B given (M×rank; R is the rank padded to a power of two ≥ 16): the rank-r term,
-    bias and shift are added to the fp32 tile before its one rounding. x, W and y move by TMA, which
-    zero-fills reads past the edges and clips writes there."""
-    pid = tl.program_id(0)
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    in_group = GROUP_M * tiles_n  # tiles of GROUP_M row blocks run together, sharing W in L2
-    first_m = (pid // in_group) * GROUP_M
-    group_m = min(tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % in_group) % group_m
-    pid_n = (pid % in_group) // group_m
-    off_m = pid_m * BLOCK_M
-    off_n = pid_n * BLOCK_N
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
-        x = x_desc.load([off_m, k * BLOCK_K])
-        w = w_desc.load([off_n, k * BLOCK_K])
-        acc = tl.dot(x, w.T, acc)
-
+    """y = bias + (x B) F_hᵀ (+ shift_scale · shift on rows ≥ half), h = 0 for rows < half, else 1,
+    with x B given (M×rank; R is the rank padded to a power of two ≥ 16), summed in fp32 and
+    rounded once: what cuBLAS then adds x Wᵀ to."""
+    off_m = tl.program_id(0) * BLOCK_M
+    off_n = tl.program_id(1) * BLOCK_N
     rm = off_m + tl.arange(0, BLOCK_M)
     rn = off_n + tl.arange(0, BLOCK_N)
     rr = tl.arange(0, R)
@@ -41,6 +25,7 @@ def lowrank_linear_kernel(
     f_ptrs = factor_ptr + rr[:, None] * sfr + rn[None, :] * sfn
     f_mask = in_rank[:, None] & (rn[None, :] < N)
     first = tl.load(f_ptrs, mask=f_mask, other=0.0)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if DOUBLED:
         upper = (rm < half)[:, None]
         second = tl.load(f_ptrs + sfh, mask=f_mask, other=0.0)
@@ -53,4 +38,4 @@ def lowrank_linear_kernel(
     if HAS_SHIFT:
         lower = tl.where(rm >= half, shift_scale, 0.0)
         acc += lower[:, None] * tl.load(shift_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-    y_desc.store([off_m, off_n], acc.to(y_desc.dtype))
+    tl.store(y_ptr + rm[:, None] * sym + rn[None, :], acc.to(y_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))

@@ -14,9 +14,9 @@ positions) is perturbed in place as usual; over a doubled batch a Linear's bias 
 the second half (−2εz), and any other module owning one recomputes its second half with the
 tensor at −ε. Nothing here knows which method made A and B.
 
-A plain nn.Linear gets `_linear_forward` in place of its forward, which on a GPU computes the layer
-and its terms in one kernel (engine/lowrank_linear.py) and elsewhere the layer, then the hook's
-terms.
+A plain nn.Linear gets `_linear_forward` in place of its forward, which on a GPU writes its terms
+first and has cuBLAS add the layer's product to them (engine/lowrank_linear.py), and elsewhere
+computes the layer, then the hook's terms.
 
 A forward with the hooks can be recorded as a CUDA graph (engine/graphs.py): every tensor the
 hooks read is copied into a buffer kept from call to call (`_held`), the factors are built inside
@@ -203,9 +203,10 @@ class FunctionalPath:
         return module.register_forward_hook(self._matrix_hook)
 
     def _linear_forward(self, module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        """The layer and its terms in one kernel (engine/lowrank_linear.py) where it can run: the
-        term, the bias and a doubled batch's correction of it added before one rounding, with no
-        pass over the output after the layer. Elsewhere F.linear, then the hook's terms."""
+        """The layer and its terms by engine/lowrank_linear.py where it can run: the term, the bias
+        and a doubled batch's correction of it written first, then the layer's product added to
+        them by cuBLAS, with no pass over the output after the layer. Elsewhere F.linear, then
+        the hook's terms."""
         index = self._index_of[id(module)][0]
         factors = None
         if not self.frozen.get(index) and lowrank_linear.usable(x, module.weight):
