@@ -231,15 +231,17 @@ def test_low_rank_methods_never_build_an_m_by_n_tensor(name):
     assert largest < m * n * 4 / 16, largest
 
 
+@pytest.mark.parametrize("noise", ["torch", "triton"])
 @pytest.mark.parametrize("name, key", [("lozo", "lazy_interval"), ("subzo", "update_interval"), ("tezo", "refresh_interval")])
-def test_drawing_the_next_step_early_changes_no_bit(name, key):
+def test_drawing_the_next_step_early_changes_no_bit(name, key, noise):
     """On a GPU a step draws the next step's directions while its forwards run (`prefetch`): the
-    same losses, projected gradients and weights as drawing them when needed, across basis changes."""
+    same losses, projected gradients and weights as drawing them when needed, across basis changes,
+    the vector's z included (with the fused kernel, drawn into buffers the step's update still reads)."""
     runs = []
     for early in (False, True):
         params = fresh_params(m=32, n=24)
         loss, _ = quadratic(params)
-        method = make(name, params, rank=2, eps=1e-2, **{key: 2})
+        method = make(name, params, rank=2, eps=1e-2, noise=noise, **{key: 2})
         calls = {"n": 0, "step": 0}
 
         def loss_then_prefetch():  # the second forward of a step is where `_estimate` prefetches

@@ -7,7 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from zoft.config.loader import load_recipe
@@ -114,7 +113,6 @@ def test_a_stopped_zo_cell_goes_on_by_replay_and_a_first_order_one_by_checkpoint
 
 
 def test_pack_keeps_a_record_being_written_up_to_its_last_whole_line(tmp_path):
-    import io
     import tarfile
 
     table = ONE_CELL

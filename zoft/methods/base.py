@@ -239,10 +239,10 @@ class ZOMethod(Method):
         return [(i, p) for i, (_, p) in enumerate(self.params) if not self.grouped(p)]
 
     def group_directions(self, step: int, query: int) -> list[torch.Tensor]:
-        """The z of every grouped tensor at (step, query), kept for the rest of the step."""
+        """The z of every grouped tensor at (step, query), kept for the rest of the step and the
+        next (a prefetched step's are drawn while this step's update still needs its own)."""
         if (step, query) not in self._group_cache:
-            if any(key[0] != step for key in self._group_cache):
-                self._group_cache.clear()
+            self._group_cache = {key: z for key, z in self._group_cache.items() if key[0] in (step - 1, step)}
             self._group_cache[(step, query)] = self._draw_group(step, query)
         return self._group_cache[(step, query)]
 
@@ -251,9 +251,10 @@ class ZOMethod(Method):
         query (the same z as `noise.gaussian_like`, which takes two launches per tensor)."""
         if self.noise != "triton":
             return [noise.gaussian_like(p, self.dense_keys(i, step, query), self.noise) for i, p in self.group]
-        if query not in self._group_buffers:
-            self._group_buffers[query] = [torch.empty_like(p) for _, p in self.group]
-        buffers = self._group_buffers[query]
+        key = (step % 2, query)  # two steps' sets: a step's and the prefetched next one's
+        if key not in self._group_buffers:
+            self._group_buffers[key] = [torch.empty_like(p) for _, p in self.group]
+        buffers = self._group_buffers[key]
         torch._foreach_zero_(buffers)
         self.add_dense_many([(i, z) for (i, _), z in zip(self.group, buffers)], step, query, 1.0)
         return buffers

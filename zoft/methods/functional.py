@@ -90,6 +90,7 @@ class FunctionalPath:
         self._cache: dict[int, tuple | None] = {}  # the factors the hooks add, until a direction or term changes
         self._cache_recorded = False  # whether `_cache` was built while a CUDA graph was being recorded
         self._frozen_cache: dict[int, list] = {}  # merged-out terms in the activations' dtype, until they change
+        self._staged: dict[int, torch.Tensor] = {}  # fp32 copies of the A `accumulate` adds
         self._index_of: dict[int, list[int]] = {}
         modules: dict[int, nn.Module] = {}
         for index in self.hooked:
@@ -182,11 +183,13 @@ class FunctionalPath:
 
     def _hold(self, given: dict[tuple, torch.Tensor]) -> dict[tuple, torch.Tensor]:
         """Each tensor copied into the buffer kept for its key (one multi-tensor copy), which a
-        recorded forward reads; a buffer made anew (a first call) is one no recording has read."""
+        recorded forward reads; a buffer made anew (a first call) is one no recording has read.
+        A query's A is held in fp32, A_acc's dtype, so that `_build` sums them by multi-tensor ops."""
         for key, tensor in given.items():
             held = self._held.get(key)
-            if held is None or (held.shape, held.stride(), held.dtype) != (tensor.shape, tensor.stride(), tensor.dtype):
-                self._held[key] = torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device=tensor.device)
+            dtype = torch.float32 if key[0] == "direction" else tensor.dtype
+            if held is None or (held.shape, held.stride(), held.dtype) != (tensor.shape, tensor.stride(), dtype):
+                self._held[key] = torch.empty_strided(tensor.shape, tensor.stride(), dtype=dtype, device=tensor.device)
                 self.generation = next(_generations)
         out = {key: self._held[key] for key in given}
         if out:
@@ -243,20 +246,38 @@ class FunctionalPath:
         return factors
 
     def _build(self, dtype: torch.dtype) -> None:
+        """Every matrix's factors by a few multi-tensor launches (A_acc and the held A are both
+        fp32): inside a recorded forward, a few graph nodes instead of two a matrix."""
         self._cache = dict.fromkeys(self.hooked)  # None: nothing to add
         with_direction = [i for i in self.hooked if i in self.direction and i in self.basis]
         alone = [i for i in self.hooked if i not in self.direction and i in self.basis]  # A_acc = 0 adds nothing
-        if self.rows is not None:  # A_acc ± ε A_dir: one fused multiply-add (and a rounding) per matrix
-            for index in with_direction:
-                pair = torch.addcmul(self.acc[index], self._signs, self.direction[index], value=self.eps)
-                self._cache[index] = (self.basis[index], pair.to(dtype))
-        elif with_direction:  # A_acc + s ε A_dir for every matrix at once
-            sums = torch._foreach_add([self.acc[i] for i in with_direction], [self.direction[i] for i in with_direction], alpha=self.scale * self.eps)
-            for index, total in zip(with_direction, sums):
-                self._cache[index] = (self.basis[index], total.to(dtype))
+        accs, dirs = [self.acc[i] for i in with_direction], [self.direction[i] for i in with_direction]
+        if self.rows is not None and with_direction:  # (A_acc + εA, A_acc − εA), each rounded once
+            pairs = [torch.empty((2, *acc.shape), dtype=dtype, device=acc.device) for acc in accs]
+            for half, alpha in enumerate((self.eps, -self.eps)):
+                torch._foreach_copy_([pair[half] for pair in pairs], torch._foreach_add(accs, dirs, alpha=alpha))
+            self._cache.update((index, (self.basis[index], pair)) for index, pair in zip(with_direction, pairs))
+        elif with_direction:  # A_acc + s ε A
+            totals = [torch.empty_like(acc, dtype=dtype) for acc in accs]
+            torch._foreach_copy_(totals, torch._foreach_add(accs, dirs, alpha=self.scale * self.eps))
+            self._cache.update((index, (self.basis[index], total)) for index, total in zip(with_direction, totals))
         for index in alone:
             acc = self.acc[index].to(dtype)
             self._cache[index] = (self.basis[index], acc.expand(2, *acc.shape) if self.rows is not None else acc)
+
+    def accumulate(self, indices: list[int], factors: list[torch.Tensor], alpha: float = 1.0) -> None:
+        """A_acc += alpha · A for each matrix of `indices`: 16-bit A first copied into fp32 buffers
+        by one multi-tensor copy, since a multi-tensor add over two dtypes runs a launch per tensor."""
+        accs = [self.acc[i] for i in indices]
+        if any(a.dtype != acc.dtype for a, acc in zip(factors, accs)):
+            for index, acc in zip(indices, accs):
+                if index not in self._staged:
+                    self._staged[index] = torch.empty_like(acc)
+            staged = [self._staged[i] for i in indices]
+            torch._foreach_copy_(staged, factors)
+            factors = staged
+        torch._foreach_add_(accs, factors, alpha=alpha)
+        self.live.update(indices)
 
     def _frozen_terms(self, index: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The merged-out terms of a read-only matrix in the activations' dtype, cast once."""

@@ -220,8 +220,7 @@ class LowRankMethod(ZOMethod):
         updates = dict(zip(factored, self.update_factors(factored, step, grads, lr))) if factored else {}
         hooked = [index for index in factored if self.hooked(index)]
         if hooked:
-            torch._foreach_add_([self.functional.acc[index] for index in hooked], [updates[index] for index in hooked])
-            self.functional.live.update(hooked)
+            self.functional.accumulate(hooked, [updates[index] for index in hooked])
         for index, (name, p) in enumerate(self.params):
             if self.grouped(p) or self.hooked(index) or (one_pass and not self.is_dense(p)):
                 continue
@@ -266,14 +265,15 @@ class LowRankMethod(ZOMethod):
         for index in sorted(self.functional.hooked):
             by_scale.setdefault(self.rank_scale(index), []).append(index)
         for scale, indices in by_scale.items():
-            accs = [self.functional.acc[index] for index in indices]
             for query, alpha in enumerate(self.sgd_alphas(grads, lr * scale, None)):
-                torch._foreach_add_(accs, [self.factors(i, self.like(i), step, query)[0] for i in indices], alpha=alpha)
-        self.functional.live.update(self.functional.hooked)
+                self.functional.accumulate(indices, [self.factors(i, self.like(i), step, query)[0] for i in indices], alpha)
 
     def prefetch(self, step: int) -> None:
-        """The matrices' first direction of `step` when it keeps this step's basis (a new basis
-        would push out the one this step's update needs)."""
+        """The small dense tensors' z of `step`'s first query, and the matrices' first direction
+        when `step` keeps this step's basis (a new basis would push out the one this step's
+        update needs)."""
+        if self.group:
+            self.group_directions(step, 0)
         if self.period(step) == self.period(step - 1):
             self.plan(step, 0)
             if self.functional is not None:
