@@ -74,7 +74,7 @@ class FunctionalPath:
         self.params = params
         device = params[min(self.hooked)][1].device
         self.on_gpu = device.type == "cuda"
-        self._signs = torch.tensor([1.0, -1.0], device=device).view(2, 1, 1)  # of a doubled batch's halves
+        self._signs = torch.tensor([1.0, -1.0], device=device).view(2, 1)  # of a doubled batch's halves
         self.acc: dict[int, torch.Tensor] = {}  # A_acc (m×r), fp32, updated in place
         self.live: set[int] = set()  # matrices whose A_acc may be non-zero (no GPU sync to ask)
         self.basis: dict[int, torch.Tensor] = {}  # B (n×r) of the accumulator and the direction
@@ -90,7 +90,6 @@ class FunctionalPath:
         self._cache: dict[int, tuple | None] = {}  # the factors the hooks add, until a direction or term changes
         self._cache_recorded = False  # whether `_cache` was built while a CUDA graph was being recorded
         self._frozen_cache: dict[int, list] = {}  # merged-out terms in the activations' dtype, until they change
-        self._staged: dict[int, torch.Tensor] = {}  # fp32 copies of the A `accumulate` adds
         self._index_of: dict[int, list[int]] = {}
         modules: dict[int, nn.Module] = {}
         for index in self.hooked:
@@ -183,13 +182,11 @@ class FunctionalPath:
 
     def _hold(self, given: dict[tuple, torch.Tensor]) -> dict[tuple, torch.Tensor]:
         """Each tensor copied into the buffer kept for its key (one multi-tensor copy), which a
-        recorded forward reads; a buffer made anew (a first call) is one no recording has read.
-        A query's A is held in fp32, A_acc's dtype, so that `_build` sums them by multi-tensor ops."""
+        recorded forward reads; a buffer made anew (a first call) is one no recording has read."""
         for key, tensor in given.items():
             held = self._held.get(key)
-            dtype = torch.float32 if key[0] == "direction" else tensor.dtype
-            if held is None or (held.shape, held.stride(), held.dtype) != (tensor.shape, tensor.stride(), dtype):
-                self._held[key] = torch.empty_strided(tensor.shape, tensor.stride(), dtype=dtype, device=tensor.device)
+            if held is None or (held.shape, held.stride(), held.dtype) != (tensor.shape, tensor.stride(), tensor.dtype):
+                self._held[key] = torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device=tensor.device)
                 self.generation = next(_generations)
         out = {key: self._held[key] for key in given}
         if out:
@@ -246,36 +243,33 @@ class FunctionalPath:
         return factors
 
     def _build(self, dtype: torch.dtype) -> None:
-        """Every matrix's factors by a few multi-tensor launches (A_acc and the held A are both
-        fp32): inside a recorded forward, a few graph nodes instead of two a matrix."""
+        """Every matrix's factors at once: A_acc and A concatenated, summed in fp32 and rounded by
+        a few launches (inside a recorded forward, a few graph nodes where a matrix took two),
+        each matrix's factor a view of the result."""
         self._cache = dict.fromkeys(self.hooked)  # None: nothing to add
         with_direction = [i for i in self.hooked if i in self.direction and i in self.basis]
         alone = [i for i in self.hooked if i not in self.direction and i in self.basis]  # A_acc = 0 adds nothing
-        accs, dirs = [self.acc[i] for i in with_direction], [self.direction[i] for i in with_direction]
-        if self.rows is not None and with_direction:  # (A_acc + εA, A_acc − εA), each rounded once
-            pairs = [torch.empty((2, *acc.shape), dtype=dtype, device=acc.device) for acc in accs]
-            for half, alpha in enumerate((self.eps, -self.eps)):
-                torch._foreach_copy_([pair[half] for pair in pairs], torch._foreach_add(accs, dirs, alpha=alpha))
-            self._cache.update((index, (self.basis[index], pair)) for index, pair in zip(with_direction, pairs))
-        elif with_direction:  # A_acc + s ε A
-            totals = [torch.empty_like(acc, dtype=dtype) for acc in accs]
-            torch._foreach_copy_(totals, torch._foreach_add(accs, dirs, alpha=self.scale * self.eps))
-            self._cache.update((index, (self.basis[index], total)) for index, total in zip(with_direction, totals))
+        if with_direction:
+            accs = [self.acc[i] for i in with_direction]
+            acc, direction = concatenated(accs), concatenated([self.direction[i] for i in with_direction]).float()
+            if self.rows is not None:  # (A_acc + εA, A_acc − εA): one (2, Σ m·r) tensor
+                summed = torch.addcmul(acc, self._signs, direction, value=self.eps).to(dtype)
+                parts = [part.view(2, *a.shape) for part, a in zip(summed.split([a.numel() for a in accs], dim=1), accs)]
+            else:  # A_acc + s ε A
+                summed = torch.add(acc, direction, alpha=self.scale * self.eps).to(dtype)
+                parts = [part.view(a.shape) for part, a in zip(summed.split([a.numel() for a in accs]), accs)]
+            self._cache.update((index, (self.basis[index], part)) for index, part in zip(with_direction, parts))
         for index in alone:
             acc = self.acc[index].to(dtype)
             self._cache[index] = (self.basis[index], acc.expand(2, *acc.shape) if self.rows is not None else acc)
 
     def accumulate(self, indices: list[int], factors: list[torch.Tensor], alpha: float = 1.0) -> None:
-        """A_acc += alpha · A for each matrix of `indices`: 16-bit A first copied into fp32 buffers
-        by one multi-tensor copy, since a multi-tensor add over two dtypes runs a launch per tensor."""
+        """A_acc += alpha · A for each matrix of `indices`: 16-bit A made fp32 by one concatenation
+        and cast first, since a multi-tensor add over two dtypes runs a launch per tensor."""
         accs = [self.acc[i] for i in indices]
         if any(a.dtype != acc.dtype for a, acc in zip(factors, accs)):
-            for index, acc in zip(indices, accs):
-                if index not in self._staged:
-                    self._staged[index] = torch.empty_like(acc)
-            staged = [self._staged[i] for i in indices]
-            torch._foreach_copy_(staged, factors)
-            factors = staged
+            flat = concatenated(factors).to(accs[0].dtype)
+            factors = [part.view(a.shape) for part, a in zip(flat.split([a.numel() for a in factors]), factors)]
         torch._foreach_add_(accs, factors, alpha=alpha)
         self.live.update(indices)
 
@@ -360,6 +354,12 @@ class _SwappedForward:
 
     def remove(self) -> None:
         vars(self.module).pop("forward", None)
+
+
+def concatenated(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The tensors flattened end to end by one launch: ops on the result then replace a
+    multi-tensor op over two dtypes, or a cast of each tensor, which take a launch per tensor."""
+    return torch.cat([t.reshape(-1) for t in tensors])
 
 
 def attach_terms(model: nn.Module, params, terms: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> FunctionalPath:
