@@ -149,8 +149,8 @@ class ZOMethod(Method):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.moments = DenseMoments(self.optim, [(n, p) for n, p in self.params if self.is_dense(p)])
-        self._group_cache: dict[tuple[int, int], list[torch.Tensor]] = {}  # (step, query): z of the small tensors
-        self._group_buffers: dict[int, list[torch.Tensor]] = {}  # query: where the fused kernel draws them
+        self._drawn: dict[int, dict[tuple, object]] = {}  # step -> what `drawn` drew for it
+        self._group_buffers: dict[tuple[int, int], list[torch.Tensor]] = {}  # (step parity, query): where the fused kernel draws z
         self.device = self.params[0][1].device if self.params else torch.device("cpu")  # of the trained tensors
         self.noise = noise.resolve(self.cfg.noise, self.device)
         if self.noise == "triton" and not noise.available():
@@ -238,13 +238,22 @@ class ZOMethod(Method):
         """Every other tensor, with its index (MeZO moves them with one multi-tensor launch a pass)."""
         return [(i, p) for i, (_, p) in enumerate(self.params) if not self.grouped(p)]
 
+    def drawn(self, key: tuple, step: int, draw: Callable[[], object]):
+        """`draw()` once per (step, key): the passes of a step (+ε, −2ε, the restore and the update)
+        reuse what it drew or built (the small tensors' z; LOZO's U, TeZO's τ and U·diag(τ),
+        SubZO's S and P·S, a query's `plan`) instead of making it again, launches per tensor and
+        pass saved. A step's draws keep those of the step before it (prefetched draws come a step
+        early) and let older ones go."""
+        if step not in self._drawn:
+            self._drawn = {s: kept for s, kept in self._drawn.items() if s == step - 1} | {step: {}}
+        kept = self._drawn[step]
+        if key not in kept:
+            kept[key] = draw()
+        return kept[key]
+
     def group_directions(self, step: int, query: int) -> list[torch.Tensor]:
-        """The z of every grouped tensor at (step, query), kept for the rest of the step and the
-        next (a prefetched step's are drawn while this step's update still needs its own)."""
-        if (step, query) not in self._group_cache:
-            self._group_cache = {key: z for key, z in self._group_cache.items() if key[0] in (step - 1, step)}
-            self._group_cache[(step, query)] = self._draw_group(step, query)
-        return self._group_cache[(step, query)]
+        """The z of every grouped tensor at (step, query), drawn once (`drawn`)."""
+        return self.drawn(("group", query), step, lambda: self._draw_group(step, query))
 
     def _draw_group(self, step: int, query: int) -> list[torch.Tensor]:
         """The grouped tensors' z: with the fused kernel, two launches into buffers kept for the

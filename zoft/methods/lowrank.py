@@ -26,7 +26,6 @@ PAIRED_MAX_EXAMPLES = 8  # paired_forward=auto doubles batches of at most this m
 
 class LowRankMethod(ZOMethod):
     def __init__(self, *args, **kwargs):
-        self._drawn: dict[int, dict[tuple, object]] = {}  # step -> what `drawn` drew for it
         self._periodic: dict[int, tuple[int, object]] = {}  # parameter -> (period, what `periodic` drew)
         super().__init__(*args, **kwargs)
         per_layer = load_rank_file(self.cfg.rank) if isinstance(self.cfg.rank, str) else {}
@@ -82,19 +81,6 @@ class LowRankMethod(ZOMethod):
     def rank_scale(self, index: int) -> float:
         """1/r for estimators normalized to be unbiased (SPEC: lozo, tezo), else 1."""
         return 1.0 / self.rank(index) if getattr(self.cfg, "normalize", False) else 1.0
-
-    def drawn(self, key: tuple, step: int, draw: Callable[[], object]):
-        """`draw()` once per (step, key): the passes of a step (+ε, −2ε, the restore and the update)
-        reuse what it drew or built (LOZO's U, TeZO's τ and U·diag(τ), SubZO's S and P·S, a
-        query's `plan`) instead of making it again, launches per matrix and pass saved. A step's
-        draws keep those of the step before it (prefetched draws come a step early) and let older
-        ones go."""
-        if step not in self._drawn:
-            self._drawn = {s: kept for s, kept in self._drawn.items() if s == step - 1} | {step: {}}
-        kept = self._drawn[step]
-        if key not in kept:
-            kept[key] = draw()
-        return kept[key]
 
     def periodic(self, index: int, period: int, draw: Callable[[], object]):
         """`draw()` once per basis period of parameter `index` (its B, TeZO's U too): (m + n)·r
