@@ -103,6 +103,24 @@ def combine(per_query: list[list[torch.Tensor]], grads: Sequence[float]) -> list
     return out
 
 
+def moving_average_(buffers: list[torch.Tensor], values: list[torch.Tensor], beta: float, squared: bool = False) -> None:
+    """m ← β·m + (1 − β)·x for every buffer at once (momentum's and Adam's first moment), or with
+    `squared` v ← β·v + (1 − β)·x² (Adam's second)."""
+    torch._foreach_mul_(buffers, beta)
+    if squared:
+        torch._foreach_addcmul_(buffers, values, values, value=1 - beta)
+    else:
+        torch._foreach_add_(buffers, values, alpha=1 - beta)
+
+
+def adam_denominators(second_moments: list[torch.Tensor], beta2: float, t: int, adam_eps: float) -> list[torch.Tensor]:
+    """√(v / (1 − β₂ᵗ)) + δ for every second moment v at once (new tensors)."""
+    denoms = torch._foreach_div(second_moments, 1 - beta2 ** t)
+    torch._foreach_sqrt_(denoms)
+    torch._foreach_add_(denoms, adam_eps)
+    return denoms
+
+
 class DenseMoments:
     """Full-size momentum (m) or Adam (m, v) buffers for tensors updated along dense directions."""
 
@@ -123,18 +141,14 @@ class DenseMoments:
         for every tensor at once: a few multi-tensor launches, not a dozen per tensor."""
         betas = self.optim.beta_values()
         ms = [self.buffers[f"m.{name}"] for name in names]
-        torch._foreach_mul_(ms, betas[0])
-        torch._foreach_add_(ms, estimates, alpha=1 - betas[0])
+        moving_average_(ms, estimates, betas[0])
         if self.optim.name == "momentum":
             torch._foreach_add_(params, ms, alpha=-lr)
             return
         vs = [self.buffers[f"v.{name}"] for name in names]
-        torch._foreach_mul_(vs, betas[1])
-        torch._foreach_addcmul_(vs, estimates, estimates, value=1 - betas[1])
+        moving_average_(vs, estimates, betas[1], squared=True)
         t = step + 1
-        denoms = torch._foreach_div(vs, 1 - betas[1] ** t)
-        torch._foreach_sqrt_(denoms)
-        torch._foreach_add_(denoms, self.optim.adam_eps)
+        denoms = adam_denominators(vs, betas[1], t, self.optim.adam_eps)
         torch._foreach_addcdiv_(params, ms, denoms, value=-lr / (1 - betas[0] ** t))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from zoft.engine.rng import BASIS, DIRECTION, gaussian
-from zoft.methods.base import METHODS, combine
+from zoft.methods.base import METHODS, combine, moving_average_
 from zoft.methods.lowrank import LowRankMethod
 
 
@@ -58,9 +58,7 @@ class LOZO(LowRankMethod):
             if old != k:  # carry N into the new basis: N V_oldᵀ V_new / n (the old V, not kept)
                 for index, w, n_buf in zip(indices, likes, buffers):
                     n_buf.copy_(n_buf @ (self.draw_v(index, w, old).T @ self.v(index, w, k)) / w.shape[1])
-            beta = self.optim.beta_values()[0]
-            torch._foreach_mul_(buffers, beta)
-            torch._foreach_add_(buffers, factors, alpha=1 - beta)
+            moving_average_(buffers, factors, self.optim.beta_values()[0])
             factors = buffers
         return torch._foreach_mul(factors, [-lr * self.rank_scale(index) for index in indices])
 

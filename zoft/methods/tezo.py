@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from zoft.engine.rng import BASIS, DIRECTION, gaussian
-from zoft.methods.base import METHODS
+from zoft.methods.base import METHODS, adam_denominators, moving_average_
 from zoft.methods.lowrank import LowRankMethod
 
 
@@ -64,16 +64,12 @@ class TeZO(LowRankMethod):
         vs = [self.factor_moments[f"v.{name}"] for name in names] if self.optim.name == "adam" else []
         if self.cfg.refresh_interval and step % self.cfg.refresh_interval == 0 and step > 0:
             torch._foreach_zero_(ms + vs)
-        torch._foreach_mul_(ms, betas[0])
-        torch._foreach_add_(ms, coeffs, alpha=1 - betas[0])
+        moving_average_(ms, coeffs, betas[0])
         if self.optim.name == "momentum":
             return ms
-        torch._foreach_mul_(vs, betas[1])
-        torch._foreach_addcmul_(vs, coeffs, coeffs, value=1 - betas[1])
+        moving_average_(vs, coeffs, betas[1], squared=True)
         t = (step % self.cfg.refresh_interval if self.cfg.refresh_interval else step) + 1
-        denoms = torch._foreach_div(vs, 1 - betas[1] ** t)
-        torch._foreach_sqrt_(denoms)
-        torch._foreach_add_(denoms, self.optim.adam_eps)
+        denoms = adam_denominators(vs, betas[1], t, self.optim.adam_eps)
         return torch._foreach_div(torch._foreach_div(ms, 1 - betas[0] ** t), denoms)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
