@@ -253,11 +253,10 @@ class FunctionalPath:
             accs = [self.acc[i] for i in with_direction]
             acc, direction = concatenated(accs), concatenated([self.direction[i] for i in with_direction]).float()
             if self.rows is not None:  # (A_acc + εA, A_acc − εA): one (2, Σ m·r) tensor
-                summed = torch.addcmul(acc, self._signs, direction, value=self.eps).to(dtype)
-                parts = [part.view(2, *a.shape) for part, a in zip(summed.split([a.numel() for a in accs], dim=1), accs)]
+                summed = torch.addcmul(acc, self._signs, direction, value=self.eps)
             else:  # A_acc + s ε A
-                summed = torch.add(acc, direction, alpha=self.scale * self.eps).to(dtype)
-                parts = [part.view(a.shape) for part, a in zip(summed.split([a.numel() for a in accs]), accs)]
+                summed = torch.add(acc, direction, alpha=self.scale * self.eps)
+            parts = split_like(summed.to(dtype), accs)
             self._cache.update((index, (self.basis[index], part)) for index, part in zip(with_direction, parts))
         for index in alone:
             acc = self.acc[index].to(dtype)
@@ -268,8 +267,7 @@ class FunctionalPath:
         and cast first, since a multi-tensor add over two dtypes runs a launch per tensor."""
         accs = [self.acc[i] for i in indices]
         if any(a.dtype != acc.dtype for a, acc in zip(factors, accs)):
-            flat = concatenated(factors).to(accs[0].dtype)
-            factors = [part.view(a.shape) for part, a in zip(flat.split([a.numel() for a in factors]), factors)]
+            factors = split_like(concatenated(factors).to(accs[0].dtype), factors)
         torch._foreach_add_(accs, factors, alpha=alpha)
         self.live.update(indices)
 
@@ -360,6 +358,13 @@ def concatenated(tensors: list[torch.Tensor]) -> torch.Tensor:
     """The tensors flattened end to end by one launch: ops on the result then replace a
     multi-tensor op over two dtypes, or a cast of each tensor, which take a launch per tensor."""
     return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def split_like(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """`concatenated`'s inverse: views of `flat`'s last dimension shaped as the tensors of `like`,
+    any leading dimensions of `flat` kept in front."""
+    parts = flat.split([t.numel() for t in like], dim=-1)
+    return [part.view(*flat.shape[:-1], *t.shape) for part, t in zip(parts, like)]
 
 
 def attach_terms(model: nn.Module, params, terms: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> FunctionalPath:
