@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from zoft.engine import lowrank_linear as lr
+from zoft.engine.graphs import record
 
 LAYERS = {
     "opt-1.3b": [(2048, 2048), (2048, 8192), (8192, 2048)],
@@ -34,16 +35,11 @@ TILES = [(64, 128, 4), (128, 128, 4), (64, 256, 4), (128, 256, 8), (32, 128, 4)]
 
 def timed(fn, reps: int) -> float:
     """Milliseconds per call of `fn` on the GPU: `reps` calls recorded in one CUDA graph, replayed."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    def calls() -> None:
         for _ in range(reps):
             fn()
+
+    graph, _ = record(calls)
     graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize()

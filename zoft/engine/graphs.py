@@ -70,16 +70,23 @@ class LossGraphs:
         return output.clone()  # the next replay overwrites `output`
 
     def _record(self, batch, parts: int):
-        """Warm up on a side stream (as recording requires), then record the loss of a copy of `batch`."""
+        """The loss of a copy of `batch`, recorded (`record`)."""
         inputs = type(batch)(*(t.clone() for t in vars(batch).values()))
         loss = lambda: self.objective.part_losses(self.model, inputs, parts) if parts > 1 else self.objective.loss(self.model, inputs)  # noqa: E731
-        side = recording_stream(torch.cuda.current_device())
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                loss()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, stream=side):
-            output = loss()
+        graph, output = record(loss, self.pool)
         return inputs, output, graph
+
+
+def record(fn: Callable[[], object], pool=None) -> tuple[torch.cuda.CUDAGraph, object]:
+    """`fn` warmed up twice on the recording stream (as recording requires), then recorded there as
+    a CUDA graph (memory from `pool`); the graph, and what the recorded call returned."""
+    side = recording_stream(torch.cuda.current_device())
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool, stream=side):
+        output = fn()
+    return graph, output
