@@ -79,7 +79,7 @@ def test_the_hooks_read_the_same_buffers_from_step_to_step(tiny):
 
     def watched_pair():
         shifts = [t for z in path.shifts.values() for t in (z if isinstance(z, tuple) else (z,))]
-        read = [*path.direction.values(), *path.basis.values(), *path.vectors.values(), *shifts, *path.acc.values()]
+        read = [path.direction, *path.basis.values(), *path.vectors.values(), *shifts, *path.acc.values()]
         assert shifts and path.vectors  # OPT: its learned positions recomputed, its biases corrected
         seen.append(([t.data_ptr() for t in read], [t.clone() for t in read], path.state()))
         return pair()
@@ -92,7 +92,7 @@ def test_the_hooks_read_the_same_buffers_from_step_to_step(tiny):
     assert seen[0][2] == seen[1][2] == seen[2][2]
     for k, values in enumerate(zip(*(values for _, values, _ in seen))):  # values do change: A_acc
         assert not all(torch.equal(values[0], v) for v in values[1:]), k  # at step 1, B at step 2
-    path.set_direction({}, 1e-3, scale=1.0)
+    path.set_direction(None, 1e-3, scale=1.0)
     assert path.state() != seen[0][2]
 
 

@@ -22,6 +22,12 @@ A forward with the hooks can be recorded as a CUDA graph (engine/graphs.py): eve
 hooks read is copied into a buffer kept from call to call (`_held`), the factors are built inside
 the forward from those, and `state()` names what a recording bakes in (the sign of ε, whether the
 batch is doubled), so that a graph is replayed only where the same Python would have run.
+
+The matrices' A_acc are views of one fp32 buffer, and a query's A comes as one tensor, the
+matrices' factors end to end in the same order (`order`): building the factors, holding a
+direction and accumulating an update are then a few launches and no Python per matrix, which
+on a GPU the host would otherwise spend between a step's losses and its next forward while the
+GPU waits (OPT-1.3B has 146 matrices).
 """
 
 from __future__ import annotations
@@ -75,11 +81,14 @@ class FunctionalPath:
         device = params[min(self.hooked)][1].device
         self.on_gpu = device.type == "cuda"
         self._signs = torch.tensor([1.0, -1.0], device=device).view(2, 1)  # of a doubled batch's halves
-        self.acc: dict[int, torch.Tensor] = {}  # A_acc (m×r), fp32, updated in place
+        self.order: list[int] = []  # the hooked matrices in the order of the flat buffers (`allocate`)
+        self._offsets: dict[int, int] = {}  # where each matrix's factor starts in them
+        self.acc_flat = torch.zeros(0)  # every A_acc end to end, fp32, updated in place
+        self.acc: dict[int, torch.Tensor] = {}  # A_acc (m×r) of each matrix: a view of `acc_flat`
         self.live: set[int] = set()  # matrices whose A_acc may be non-zero (no GPU sync to ask)
         self.basis: dict[int, torch.Tensor] = {}  # B (n×r) of the accumulator and the direction
         self.frozen: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # merged-out terms of a read-only W (`freeze`)
-        self.direction: dict[int, torch.Tensor] = {}  # A (m×r) of the query being evaluated, unscaled
+        self.direction: torch.Tensor | None = None  # the query's A of every matrix end to end (`order`), unscaled
         self.eps = 0.0  # ε of the direction
         self.rows: int | None = None  # over a doubled batch: the examples of each half, else None
         self.scale = 0.0  # s over a whole batch
@@ -134,23 +143,39 @@ class FunctionalPath:
         self.handles = []
 
     # ---- what the method sets ------------------------------------------------------------
+    def allocate(self, order: list[int], shapes: dict[int, tuple[int, int]]) -> None:
+        """Zero accumulators A_acc of the hooked matrices, laid end to end in `order` (every hooked
+        matrix once); a query's direction is given in the same order."""
+        assert sorted(order) == sorted(self.hooked)
+        self.order = order
+        sizes = [shapes[i][0] * shapes[i][1] for i in order]
+        self._offsets = dict(zip(order, itertools.accumulate(sizes, initial=0)))
+        device = self.params[order[0]][1].device
+        self.acc_flat = torch.zeros(sum(sizes), dtype=torch.float32, device=device)
+        self.acc = dict(zip(order, split_like(self.acc_flat, [torch.empty(shapes[i], device="meta") for i in order])))
+        self._cache.clear()
+
+    def span(self, indices: list[int]) -> slice:
+        """Where matrices `indices`, consecutive in `order`, lie in the flat buffers."""
+        return slice(self._offsets[indices[0]], self._offsets[indices[-1]] + self.acc[indices[-1]].numel())
+
     def set_basis(self, index: int, basis: torch.Tensor) -> None:
         """B of matrix `index`, copied where the hooks read it."""
         self.basis[index] = self._hold({("basis", index): basis})[("basis", index)]
         self._cache.clear()
 
-    def set_direction(self, directions: dict[int, torch.Tensor], eps: float = 0.0, scale: float = 0.0, rows=None, vectors=None, shifts=None) -> None:
-        """The query's A per hooked matrix and its ε, applied with `scale` over the whole batch, or
-        over a doubled batch of `rows` examples a half, +ε first, −ε second (the in-place tensors
+    def set_direction(self, direction: torch.Tensor | None, eps: float = 0.0, scale: float = 0.0, rows=None, vectors=None, shifts=None) -> None:
+        """The query's A of every hooked matrix, end to end in `order` (None: no direction), and its
+        ε, applied with `scale` over the whole batch, or over a doubled batch of `rows` examples a half, +ε first, −ε second (the in-place tensors
         then being at +ε: `vectors` holds the biases' z, `shifts` the Z of the other in-place
         tensors, a dense z or a matrix's (A, Bᵀ), by which the second half's recomputation moves them)."""
         shifts = shifts or {}
         held = self._hold(
-            {("direction", i): a for i, a in directions.items()}
+            ({} if direction is None else {("direction",): direction})
             | {("vector", i): z for i, z in (vectors or {}).items()}
             | {("shift", i, k): t for i, z in shifts.items() for k, t in enumerate(z if isinstance(z, tuple) else (z,))}
         )
-        self.direction = {i: held[("direction", i)] for i in directions}
+        self.direction = None if direction is None else held[("direction",)]
         self.vectors = {i: held[("vector", i)] for i in vectors or {}}
         self.shifts = {
             i: tuple(held[("shift", i, k)] for k in range(len(z))) if isinstance(z, tuple) else held[("shift", i, 0)]
@@ -160,7 +185,7 @@ class FunctionalPath:
         self._cache.clear()
 
     def clear_direction(self) -> None:
-        self.set_direction({})
+        self.set_direction(None)
 
     def changed(self) -> None:
         """A_acc changed: the hooks' factors are built again."""
@@ -243,32 +268,25 @@ class FunctionalPath:
         return factors
 
     def _build(self, dtype: torch.dtype) -> None:
-        """Every matrix's factors at once: A_acc and A concatenated, summed in fp32 and rounded by
-        a few launches (inside a recorded forward, a few graph nodes where a matrix took two),
-        each matrix's factor a view of the result."""
-        self._cache = dict.fromkeys(self.hooked)  # None: nothing to add
-        with_direction = [i for i in self.hooked if i in self.direction and i in self.basis]
-        alone = [i for i in self.hooked if i not in self.direction and i in self.basis]  # A_acc = 0 adds nothing
-        if with_direction:
-            accs = [self.acc[i] for i in with_direction]
-            acc, direction = concatenated(accs), concatenated([self.direction[i] for i in with_direction]).float()
-            if self.rows is not None:  # (A_acc + εA, A_acc − εA): one (2, Σ m·r) tensor
-                summed = torch.addcmul(acc, self._signs, direction, value=self.eps)
-            else:  # A_acc + s ε A
-                summed = torch.add(acc, direction, alpha=self.scale * self.eps)
-            parts = split_like(summed.to(dtype), accs)
-            self._cache.update((index, (self.basis[index], part)) for index, part in zip(with_direction, parts))
-        for index in alone:
-            acc = self.acc[index].to(dtype)
-            self._cache[index] = (self.basis[index], acc.expand(2, *acc.shape) if self.rows is not None else acc)
+        """Every matrix's factors at once, on the flat buffers: A_acc + s ε A (or the pair for a
+        doubled batch) summed in fp32 and rounded by a few launches (inside a recorded forward, a
+        few graph nodes where a matrix took two), each matrix's factor a view of the result."""
+        if self.direction is None:
+            summed = self.acc_flat.to(dtype)
+            summed = summed.expand(2, -1) if self.rows is not None else summed
+        elif self.rows is not None:  # (A_acc + εA, A_acc − εA): one (2, Σ m·r) tensor
+            summed = torch.addcmul(self.acc_flat, self._signs, self.direction.float(), value=self.eps).to(dtype)
+        else:  # A_acc + s ε A
+            summed = torch.add(self.acc_flat, self.direction.float(), alpha=self.scale * self.eps).to(dtype)
+        parts = split_like(summed, [self.acc[i] for i in self.order])
+        self._cache = {index: (self.basis[index], part) if index in self.basis else None for index, part in zip(self.order, parts)}
 
-    def accumulate(self, indices: list[int], factors: list[torch.Tensor], alpha: float = 1.0) -> None:
-        """A_acc += alpha · A for each matrix of `indices`: 16-bit A made fp32 by one concatenation
-        and cast first, since a multi-tensor add over two dtypes runs a launch per tensor."""
-        accs = [self.acc[i] for i in indices]
-        if any(a.dtype != acc.dtype for a, acc in zip(factors, accs)):
-            factors = split_like(concatenated(factors).to(accs[0].dtype), factors)
-        torch._foreach_add_(accs, factors, alpha=alpha)
+    def accumulate(self, flat: torch.Tensor, alpha: float = 1.0, indices: list[int] | None = None) -> None:
+        """A_acc += alpha · A (16-bit A summed in fp32) by one launch, `flat` holding every matrix's
+        A end to end in `order`, for the matrices `indices` (consecutive in `order`) or all."""
+        indices = indices or self.order
+        span = self.span(indices)
+        self.acc_flat[span].add_(flat[span], alpha=alpha)
         self.live.update(indices)
 
     def _frozen_terms(self, index: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -18,7 +18,7 @@ import torch
 from zoft.config.methods import load_rank_file
 from zoft.errors import ZoftError
 from zoft.methods.base import Pending, ZOMethod, matrix
-from zoft.methods.functional import FunctionalPath, Unsupported
+from zoft.methods.functional import FunctionalPath, Unsupported, concatenated
 from zoft.models.quantize import is_quantized, logical_shape
 
 PAIRED_MAX_EXAMPLES = 8  # paired_forward=auto doubles batches of at most this many examples
@@ -95,12 +95,10 @@ class LowRankMethod(ZOMethod):
         return any(is_quantized(self.params[i][1]) for i in self.ranks)
 
     def _start_accumulators(self) -> None:
-        """Zero factor accumulators and the current period's bases on the functional path's hooks."""
-        accs = {}
-        for index in sorted(self.functional.hooked):
-            w = self.like(index)
-            accs[index] = torch.zeros(w.shape[0], self.rank(index), dtype=torch.float32, device=w.device)
-        self.functional.acc = accs
+        """Zero factor accumulators and the current period's bases on the functional path's hooks,
+        the matrices ordered by rank scale so that SGD adds each scale's A by one launch."""
+        order = sorted(self.functional.hooked, key=lambda index: (self.rank_scale(index), index))
+        self.functional.allocate(order, {index: (self.like(index).shape[0], self.rank(index)) for index in order})
         self._load_bases()
 
     def paths(self) -> list[str]:
@@ -204,9 +202,8 @@ class LowRankMethod(ZOMethod):
             self.add_sgd_hooked(step, grads, lr)
         factored = [] if self.plain_sgd() else list(self.ranks)
         updates = dict(zip(factored, self.update_factors(factored, step, grads, lr))) if factored else {}
-        hooked = [index for index in factored if self.hooked(index)]
-        if hooked:
-            self.functional.accumulate(hooked, [updates[index] for index in hooked])
+        if factored and self.functional is not None:
+            self.functional.accumulate(concatenated([updates[index] for index in self.functional.order]))
         for index, (name, p) in enumerate(self.params):
             if self.grouped(p) or self.hooked(index) or (one_pass and not self.is_dense(p)):
                 continue
@@ -246,13 +243,13 @@ class LowRankMethod(ZOMethod):
 
     def add_sgd_hooked(self, step: int, grads: Sequence[float], lr: float) -> None:
         """`add_sgd` on the functional path: A_acc += Σ_q α_q A_q in fp32 for every hooked matrix,
-        one multi-tensor add per query and rank scale."""
+        one add per query and rank scale (the matrices of a scale lie together in `order`)."""
         by_scale: dict[float, list[int]] = {}
-        for index in sorted(self.functional.hooked):
+        for index in self.functional.order:
             by_scale.setdefault(self.rank_scale(index), []).append(index)
         for scale, indices in by_scale.items():
             for query, alpha in enumerate(self.sgd_alphas(grads, lr * scale, None)):
-                self.functional.accumulate(indices, [self.factors(i, self.like(i), step, query)[0] for i in indices], alpha)
+                self.functional.accumulate(self.directions(step, query), alpha, indices)
 
     def prefetch(self, step: int) -> None:
         """The small dense tensors' z of `step`'s first query, and the matrices' first direction
@@ -284,7 +281,7 @@ class LowRankMethod(ZOMethod):
 
     def loss_at(self, loss_fn, step, query, scale):
         if self.functional is not None:  # the matrices' directions go on the hooks
-            self.functional.set_direction(self.directions(step, query) if scale else {}, self.cfg.eps, scale=scale)
+            self.functional.set_direction(self.directions(step, query) if scale else None, self.cfg.eps, scale=scale)
         return loss_fn()
 
     def paired_losses(self, loss_fn, step, query):
@@ -306,9 +303,11 @@ class LowRankMethod(ZOMethod):
         path.set_direction(self.directions(step, query), self.cfg.eps, rows=loss_fn.rows(), vectors=biases, shifts=shifts)
         return loss_fn.pair()
 
-    def directions(self, step: int, query: int) -> dict[int, torch.Tensor]:
-        """A of every hooked matrix for one query (B is the period's basis on the hooks)."""
-        return {index: self.factors(index, self.like(index), step, query)[0] for index in self.functional.hooked}
+    def directions(self, step: int, query: int) -> torch.Tensor:
+        """A of every hooked matrix for one query, end to end in the hooks' `order` (B is the
+        period's basis on the hooks), built once a query (`drawn`)."""
+        order = self.functional.order
+        return self.drawn(("directions", query), step, lambda: concatenated([self.factors(i, self.like(i), step, query)[0] for i in order]))
 
     def pairs(self, loss_fn) -> bool:
         """Whether this step's ±ε passes share one doubled forward."""
