@@ -5,6 +5,8 @@ Rows per model shape and batch size (random weights, bf16, synthetic token ids):
   two forwards       two back-to-back forwards: the floor of a two-sided ZO step
   two forwards       the same replayed from a CUDA graph (with --graphs on): the floor of a ZO
     (CUDA graph)     step whose forwards are replayed, as training's are (`train.cuda_graphs`)
+  doubled forward    one forward over the batch stacked twice, replayed from a CUDA graph: the
+    (CUDA graph)     floor of a functional step whose ±ε share a forward (`method.paired_forward`)
   reference MeZO     MeZO as its official code is written (an independent re-implementation of
                      that algorithm: torch.normal per tensor, z regenerated for each of 4 passes)
   zoft methods       each ZO method and optimizer, on the in-place and functional paths, forwards
@@ -82,6 +84,11 @@ def reference_mezo_step(params, loss_fn, seed: int, eps: float = 1e-3, lr: float
                 p.data = p.data - lr * grad * z
 
 
+def doubled_forward(loss_fn: BatchLoss) -> None:
+    with torch.inference_mode():
+        loss_fn.pair()
+
+
 def bench_shape(
     shape: str, batches: list[int], seq: int, steps: int, variants: list[str], quantization: str = "none", graphs: bool = True
 ) -> list[dict]:
@@ -107,6 +114,8 @@ def bench_shape(
             replayed = graphed(loss_fn)
             pair = run_steps(lambda step: forward_passes(replayed, 2), steps, device, weights, lambda: 0, count_warm_up=True)
             rows.append({"shape": shape, "batch": batch, "row": "two forwards (CUDA graph)", **pair})
+            doubled = run_steps(lambda step: doubled_forward(replayed), steps, device, weights, lambda: 0, count_warm_up=True)
+            rows.append({"shape": shape, "batch": batch, "row": "doubled forward (CUDA graph)", **doubled})
             del replayed
         if quantization == "none":
             try:

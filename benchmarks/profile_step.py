@@ -2,11 +2,14 @@
 
 Usage (on a CUDA machine): python benchmarks/profile_step.py --shape llama-7b --method tezo --batch 16
 Prints the top operators by CUDA time and by CPU time, and the step's wall time beside the GPU's
-busy time (a gap means the GPU waited for Python). Forwards are replayed from CUDA graphs as in
+busy time (a gap means the GPU waited for Python); `--host N` adds the N Python functions with the
+most host time of their own (cProfile, over steps of their own). Forwards are replayed from CUDA graphs as in
 training, unless `--set train.cuda_graphs=false`.
 """
 
 import argparse
+import cProfile
+import pstats
 import time
 
 import torch
@@ -26,6 +29,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--trace", help="also write the profile as a Chrome trace (JSON) here")
+    parser.add_argument("--host", type=int, default=0, help="also list this many Python functions by host time (cProfile)")
     parser.add_argument("--set", nargs="*", default=[], help="extra recipe overrides, e.g. method.path=inplace")
     args = parser.parse_args()
     method_name = VARIANTS[args.method][0]  # so that --set may name that method's keys (method.path, method.rank)
@@ -53,8 +57,14 @@ def main() -> None:
     kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]  # not the ops launching them
     gpu = sum(e.self_device_time_total for e in kernels) / args.steps / 1000
     print(f"{args.shape} {args.method} batch {args.batch}: {wall:.1f} ms a step, GPU busy {gpu:.1f} ms")
-    print(events.table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=50))
+    print(events.table(sort_by="self_cuda_time_total", row_limit=20, max_name_column_width=50))
     print(events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50))
+    if args.host:
+        with cProfile.Profile() as host:
+            for step in range(args.steps + 1, 2 * args.steps + 1):
+                method.step(loss_fn, step, 1e-9)
+            torch.cuda.synchronize()
+        pstats.Stats(host).sort_stats("tottime").print_stats(args.host)
 
 
 if __name__ == "__main__":

@@ -54,3 +54,18 @@ def test_tf32_is_set_by_every_load_and_reset_by_the_next():
     assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     load_model(ModelConfig(name_or_path="tiny:llama-16x1"), 0)
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+
+
+@pytest.mark.parametrize("name", ["tiny:opt-32x2", "tiny:llama-32x2"])
+def test_the_output_embedding_reads_a_contiguous_slice_of_the_last_tokens(name):
+    """Scoring the last tokens (`logits_to_keep`) slices the hidden states; the loaded model's
+    output embedding gets them contiguous (cuBLAS ran a strided slice many times slower), and
+    the logits are those of the slice."""
+    model, _ = load_model(ModelConfig(name_or_path=name, device="cpu"), seed=0)
+    seen = []
+    model.get_output_embeddings().register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(0, 100, (3, 9))
+    kept = model(input_ids=ids, logits_to_keep=2).logits
+    full = model(input_ids=ids).logits[:, -2:]
+    assert seen == [True, True]
+    torch.testing.assert_close(kept, full)
