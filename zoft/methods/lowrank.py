@@ -27,6 +27,7 @@ PAIRED_MAX_EXAMPLES = 8  # paired_forward=auto doubles batches of at most this m
 class LowRankMethod(ZOMethod):
     def __init__(self, *args, **kwargs):
         self._periodic: dict[int, tuple[int, object]] = {}  # parameter -> (period, what `periodic` drew)
+        self._alone: list[tuple[int, str, torch.Tensor]] | None = None  # `alone()`, for the current path
         super().__init__(*args, **kwargs)
         per_layer = load_rank_file(self.cfg.rank) if isinstance(self.cfg.rank, str) else {}
         default = per_layer.get("default", self.cfg.rank)
@@ -109,6 +110,7 @@ class LowRankMethod(ZOMethod):
         """Compute steps on `path` from now on; leaving the functional path merges its terms into W."""
         functional = path == "functional"
         self._drawn = {}  # a plan lists the matrices of one path
+        self._alone = None
         if functional != (self.functional is not None):
             if self.functional is None:
                 self.functional = FunctionalPath(self.model, self.params, set(self.ranks))
@@ -151,6 +153,13 @@ class LowRankMethod(ZOMethod):
             raise ZoftError(f"method.paired_forward: {reason}; use auto or never")
         return path
 
+    def alone(self) -> list[tuple[int, str, torch.Tensor]]:
+        """(index, name, tensor) of the tensors a step moves one by one: neither grouped nor on the
+        hooks; listed once a path (a step would otherwise ask it of every tensor, twice)."""
+        if self._alone is None:
+            self._alone = [(i, name, p) for i, (name, p) in enumerate(self.params) if not self.grouped(p) and not self.hooked(i)]
+        return self._alone
+
     def hooked(self, index: int) -> bool:
         """Whether parameter `index` goes through the functional path's hooks (not written in steps)."""
         return self.functional is not None and index in self.functional.hooked
@@ -160,7 +169,7 @@ class LowRankMethod(ZOMethod):
         self.perturb_group(step, query, scale)
         for _, w, a, b_t in self.plan(step, query):
             w.addmm_(a, b_t, alpha=scale * self.cfg.eps)
-        for index, p in self.ungrouped:
+        for index, _, p in self.alone():
             if self.is_dense(p):
                 self.perturb_dense(index, p, step, query, scale)
 
@@ -204,8 +213,8 @@ class LowRankMethod(ZOMethod):
         updates = dict(zip(factored, self.update_factors(factored, step, grads, lr))) if factored else {}
         if factored and self.functional is not None:
             self.functional.accumulate(concatenated([updates[index] for index in self.functional.order]))
-        for index, (name, p) in enumerate(self.params):
-            if self.grouped(p) or self.hooked(index) or (one_pass and not self.is_dense(p)):
+        for index, name, p in self.alone():
+            if one_pass and not self.is_dense(p):
                 continue
             if self.is_dense(p):
                 self.update_dense(index, name, p, step, grads, lr, undo=undo)
@@ -291,7 +300,8 @@ class LowRankMethod(ZOMethod):
         if self.functional is None or not self.pairs(loss_fn):
             return None
         path = self.functional
-        biases = {i: self.dense(i, self.params[i][1], step, query) for i in path.bias_indices}
+        group, position = self.group_directions(step, query), self.group_position
+        biases = {i: group[position[i]] if i in position else self.dense(i, self.params[i][1], step, query) for i in path.bias_indices}
         shifts = {}
         for index in path.recomputed:
             p = self.params[index][1]
