@@ -166,9 +166,10 @@ class FunctionalPath:
 
     def set_direction(self, direction: torch.Tensor | None, eps: float = 0.0, scale: float = 0.0, rows=None, vectors=None, shifts=None) -> None:
         """The query's A of every hooked matrix, end to end in `order` (None: no direction), and its
-        ε, applied with `scale` over the whole batch, or over a doubled batch of `rows` examples a half, +ε first, −ε second (the in-place tensors
-        then being at +ε: `vectors` holds the biases' z, `shifts` the Z of the other in-place
-        tensors, a dense z or a matrix's (A, Bᵀ), by which the second half's recomputation moves them)."""
+        ε, applied with `scale` over the whole batch, or over a doubled batch of `rows` examples a
+        half, +ε first, −ε second (the in-place tensors then being at +ε: `vectors` holds the
+        biases' z, `shifts` the Z of the other in-place tensors, a dense z or a matrix's (A, Bᵀ),
+        by which the second half's recomputation moves them)."""
         shifts = shifts or {}
         held = self._hold(
             ({} if direction is None else {("direction",): direction})
