@@ -280,7 +280,8 @@ class FunctionalPath:
         else:  # A_acc + s ε A
             summed = torch.add(self.acc_flat, self.direction.float(), alpha=self.scale * self.eps).to(dtype)
         parts = split_like(summed, [self.acc[i] for i in self.order])
-        self._cache = {index: (self.basis[index], part) if index in self.basis else None for index, part in zip(self.order, parts)}
+        self._cache = dict.fromkeys(self.hooked)  # None: nothing to add (a path of frozen terms only)
+        self._cache.update((index, (self.basis[index], part)) for index, part in zip(self.order, parts) if index in self.basis)
 
     def accumulate(self, flat: torch.Tensor, alpha: float = 1.0, indices: list[int] | None = None) -> None:
         """A_acc += alpha · A (16-bit A summed in fp32) by one launch, `flat` holding every matrix's
