@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from zoft.engine.rng import BASIS, DIRECTION, gaussian
-from zoft.methods.base import METHODS, adam_denominators, moving_average_
+from zoft.methods.base import METHODS, adam_denominators, combine, moving_average_
 from zoft.methods.lowrank import LowRankMethod
 
 
@@ -50,7 +50,7 @@ class TeZO(LowRankMethod):
         period = self.period(step)
         likes = [self.like(index) for index in indices]
         taus = [torch.cat([self.tau(i, w, step, q) for i, w in zip(indices, likes)]).float() for q in range(len(grads))]
-        coeffs = list((sum(g * tau for g, tau in zip(grads, taus)) / len(grads)).split([self.rank(i) for i in indices]))
+        coeffs = list(combine([[tau] for tau in taus], grads)[0].split([self.rank(i) for i in indices]))
         if self.optim.name != "sgd":
             coeffs = self.factor_step([self.params[index][0] for index in indices], coeffs, step)
         scaled = torch._foreach_mul(coeffs, [-lr * self.rank_scale(index) for index in indices])
