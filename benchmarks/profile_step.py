@@ -3,8 +3,8 @@
 Usage (on a CUDA machine): python benchmarks/profile_step.py --shape llama-7b --method tezo --batch 16
 Prints the top operators by CUDA time and by CPU time, and the step's wall time beside the GPU's
 busy time (a gap means the GPU waited for Python); `--host N` adds the N Python functions with the
-most host time of their own (cProfile, over steps of their own). Forwards are replayed from CUDA graphs as in
-training, unless `--set train.cuda_graphs=false`.
+most host time of their own (cProfile, over steps of their own). Forwards are replayed from CUDA
+graphs as in training, unless `--set train.cuda_graphs=false`.
 """
 
 import argparse
