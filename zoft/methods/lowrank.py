@@ -28,6 +28,7 @@ class LowRankMethod(ZOMethod):
     def __init__(self, *args, **kwargs):
         self._periodic: dict[int, tuple[int, object]] = {}  # parameter -> (period, what `periodic` drew)
         self._alone: list[tuple[int, str, torch.Tensor]] | None = None  # `alone()`, for the current path
+        self._hooked_by_scale: dict[float, list[int]] = {}  # rank scale -> its hooked matrices, together in `order`
         super().__init__(*args, **kwargs)
         per_layer = load_rank_file(self.cfg.rank) if isinstance(self.cfg.rank, str) else {}
         default = per_layer.get("default", self.cfg.rank)
@@ -100,6 +101,9 @@ class LowRankMethod(ZOMethod):
         the matrices ordered by rank scale so that SGD adds each scale's A by one launch."""
         order = sorted(self.functional.hooked, key=lambda index: (self.rank_scale(index), index))
         self.functional.allocate(order, {index: (self.like(index).shape[0], self.rank(index)) for index in order})
+        self._hooked_by_scale = {}
+        for index in order:
+            self._hooked_by_scale.setdefault(self.rank_scale(index), []).append(index)
         self._load_bases()
 
     def paths(self) -> list[str]:
@@ -253,10 +257,7 @@ class LowRankMethod(ZOMethod):
     def add_sgd_hooked(self, step: int, grads: Sequence[float], lr: float) -> None:
         """`add_sgd` on the functional path: A_acc += Σ_q α_q A_q in fp32 for every hooked matrix,
         one add per query and rank scale (the matrices of a scale lie together in `order`)."""
-        by_scale: dict[float, list[int]] = {}
-        for index in self.functional.order:
-            by_scale.setdefault(self.rank_scale(index), []).append(index)
-        for scale, indices in by_scale.items():
+        for scale, indices in self._hooked_by_scale.items():
             for query, alpha in enumerate(self.sgd_alphas(grads, lr * scale, None)):
                 self.functional.accumulate(self.directions(step, query), alpha, indices)
 
