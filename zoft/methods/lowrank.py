@@ -301,8 +301,7 @@ class LowRankMethod(ZOMethod):
         if self.functional is None or not self.pairs(loss_fn):
             return None
         path = self.functional
-        group, position = self.group_directions(step, query), self.group_position
-        biases = {i: group[position[i]] if i in position else self.dense(i, self.params[i][1], step, query) for i in path.bias_indices}
+        biases = {i: self.dense(i, self.params[i][1], step, query) for i in path.bias_indices}
         shifts = {}
         for index in path.recomputed:
             p = self.params[index][1]
