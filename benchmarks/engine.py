@@ -5,8 +5,10 @@ Rows per model shape and batch size (random weights, bf16, synthetic token ids):
   two forwards       two back-to-back forwards: the floor of a two-sided ZO step
   two forwards       the same replayed from a CUDA graph (with --graphs on): the floor of a ZO
     (CUDA graph)     step whose forwards are replayed, as training's are (`train.cuda_graphs`)
-  doubled forward    one forward over the batch stacked twice, replayed from a CUDA graph: the
-    (CUDA graph)     floor of a functional step whose ±ε share a forward (`method.paired_forward`)
+  doubled forward    one eager forward over the batch stacked twice (what the issue's 0.52-0.70×
+                     at batch 4 compares with two eager forwards)
+  doubled forward    the same replayed from a CUDA graph: the floor of a functional step whose
+    (CUDA graph)     ±ε share a forward (`method.paired_forward`)
   reference MeZO     MeZO as its official code is written (an independent re-implementation of
                      that algorithm: torch.normal per tensor, z regenerated for each of 4 passes)
   zoft methods       each ZO method and optimizer, on the in-place and functional paths, forwards
@@ -47,12 +49,15 @@ VARIANTS = {
     "mezo-adam": ("mezo", "adam", {}),
     "lozo (in place)": ("lozo", "sgd", {"path": "inplace"}),
     "lozo": ("lozo", "sgd", {"path": "functional"}),
+    "lozo-m (in place)": ("lozo", "momentum", {"path": "inplace"}),
     "lozo-m": ("lozo", "momentum", {"path": "functional"}),
     "subzo (in place)": ("subzo", "sgd", {"path": "inplace"}),
     "subzo": ("subzo", "sgd", {"path": "functional"}),
     "tezo (in place)": ("tezo", "sgd", {"path": "inplace"}),
     "tezo": ("tezo", "sgd", {"path": "functional"}),
+    "tezo-m (in place)": ("tezo", "momentum", {"path": "inplace"}),
     "tezo-m": ("tezo", "momentum", {"path": "functional"}),
+    "tezo-adam (in place)": ("tezo", "adam", {"path": "inplace"}),
     "tezo-adam": ("tezo", "adam", {"path": "functional"}),
     "AdamW (first-order)": ("fo", "adam", {}),
 }
@@ -110,6 +115,8 @@ def bench_shape(
         rows.append({"shape": shape, "batch": batch, "row": "forward", **base})
         pair = run_steps(lambda step: forward_passes(loss_fn, 2), steps, device, weights, lambda: 0)
         rows.append({"shape": shape, "batch": batch, "row": "two forwards", **pair})
+        doubled = run_steps(lambda step: doubled_forward(loss_fn), steps, device, weights, lambda: 0)
+        rows.append({"shape": shape, "batch": batch, "row": "doubled forward", **doubled})
         if graphs:
             replayed = graphed(loss_fn)
             pair = run_steps(lambda step: forward_passes(replayed, 2), steps, device, weights, lambda: 0, count_warm_up=True)
