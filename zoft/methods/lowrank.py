@@ -11,17 +11,27 @@ Two ways to apply a direction (SPEC.md, `method.path`):
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
 from zoft.config.methods import load_rank_file
+from zoft.engine import lowrank_add
 from zoft.errors import ZoftError
 from zoft.methods.base import Pending, ZOMethod, matrix
-from zoft.methods.functional import FunctionalPath, Unsupported, concatenated
+from zoft.methods.functional import FunctionalPath, Unsupported, concatenated, split_like
 from zoft.models.quantize import is_quantized, logical_shape
 
 PAIRED_MAX_EXAMPLES = 8  # paired_forward=auto doubles batches of at most this many examples
+
+
+class Plan(NamedTuple):
+    """The matrices a pass moves in place, column by column: what `add_lowrank` takes."""
+
+    indices: list[int]
+    weights: list[torch.Tensor]  # W (m×n views)
+    factors: list[torch.Tensor]  # A (m×r)
+    bases: list[torch.Tensor]  # B (n×r)
 
 
 class LowRankMethod(ZOMethod):
@@ -39,6 +49,7 @@ class LowRankMethod(ZOMethod):
         }
         self.acc_period = torch.zeros((), dtype=torch.long)  # the basis period A_acc is expressed in
         self.functional = self._choose_path()
+        self.fused_add = lowrank_add.usable(self.device)  # in-place passes by the many-matrix kernel
         if self.functional is not None:
             self._start_accumulators()
         # 1 functional, 0 in place, -1 to be measured (auto on a GPU): checkpointed, so a resume keeps it
@@ -51,10 +62,10 @@ class LowRankMethod(ZOMethod):
         """(A, B) with the direction Z = A Bᵀ (m×r, n×r) of parameter `index` at (step, query)."""
 
     @abstractmethod
-    def update_factors(self, indices: list[int], step: int, grads: Sequence[float], lr: float) -> list[torch.Tensor]:
-        """A of this step's update W += A Bᵀ of every matrix in `indices`, B being this period's
-        basis: one multi-tensor launch per operation for all of them (OPT-1.3B has 146 matrices,
-        and a launch per matrix and operation cost momentum and Adam 20-60 ms a step on an H100)."""
+    def update_factors(self, step: int, grads: Sequence[float], lr: float) -> list[torch.Tensor]:
+        """A of this step's update W += A Bᵀ of every matrix (`ranks`' order), B being this period's
+        basis: a few launches for all of them, not a launch per matrix and operation (OPT-1.3B has
+        146 matrices, and that cost momentum and Adam 20-60 ms a step on an H100)."""
 
     @abstractmethod
     def basis_of(self, index: int, w: torch.Tensor, period: int) -> torch.Tensor:
@@ -171,24 +182,29 @@ class LowRankMethod(ZOMethod):
     def perturb(self, step: int, query: int, scale: float) -> None:
         """Every tensor not on the functional path's hooks: W += scale·ε·Z in place."""
         self.perturb_group(step, query, scale)
-        for _, w, a, b_t in self.plan(step, query):
-            w.addmm_(a, b_t, alpha=scale * self.cfg.eps)
+        plan = self.plan(step, query)
+        self.add_lowrank(plan.weights, plan.factors, plan.bases, [scale * self.cfg.eps] * len(plan.indices))
         for index, _, p in self.alone():
             if self.is_dense(p):
                 self.perturb_dense(index, p, step, query, scale)
 
-    def plan(self, step: int, query: int) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(index, W, A, Bᵀ) of every matrix moved in place at (step, query), gathered once a query
-        (by `prefetch` on a GPU): a pass is then a loop of addmm_ calls, which a GPU's host must
-        launch faster than the GPU runs them (OPT-1.3B: 146 of about 27 µs each)."""
+    def plan(self, step: int, query: int) -> Plan:
+        """The matrices moved in place at (step, query) with their factors, gathered once a query
+        (by `prefetch` on a GPU, while the forwards run): a pass is then one `add_lowrank`."""
         def gather():
-            out = []
+            plan = Plan([], [], [], [])
             for index, (_, p) in enumerate(self.params):
                 if not self.is_dense(p) and not self.hooked(index):
                     a, b = self.factors(index, matrix(p), step, query)
-                    out.append((index, matrix(p), a, b.T))
-            return out
+                    for column, value in zip(plan, (index, matrix(p), a, b)):
+                        column.append(value)
+            return plan
         return self.drawn(("plan", query), step, gather)
+
+    def add_lowrank(self, weights: list[torch.Tensor], factors: list[torch.Tensor], bases: list[torch.Tensor], alphas: list[float]) -> None:
+        """W += α A Bᵀ for every matrix of the lists: on a GPU one kernel launch for all (the
+        many-matrix kernel of engine/lowrank_add.py), else an addmm_ each."""
+        lowrank_add.add_lowrank_many_(weights, factors, bases, alphas, fused=self.fused_add)
 
     def update(self, step: int, grads: Sequence[float], lr: float) -> None:
         self.rebase(step)  # a replayed update comes without the estimate that rebases
@@ -214,37 +230,53 @@ class LowRankMethod(ZOMethod):
         if self.plain_sgd() and self.functional is not None:
             self.add_sgd_hooked(step, grads, lr)
         factored = [] if self.plain_sgd() else list(self.ranks)
-        updates = dict(zip(factored, self.update_factors(factored, step, grads, lr))) if factored else {}
+        updates = dict(zip(factored, self.update_factors(step, grads, lr))) if factored else {}
         if factored and self.functional is not None:
             self.functional.accumulate(concatenated([updates[index] for index in self.functional.order]))
+        if factored:
+            self.add_factored_in_place(step, updates, lr, undo)
         for index, name, p in self.alone():
-            if one_pass and not self.is_dense(p):
-                continue
             if self.is_dense(p):
                 self.update_dense(index, name, p, step, grads, lr, undo=undo)
-                continue
-            w = self.like(index)
-            if self.plain_sgd():
-                self.add_sgd(index, w, step, grads, lr, undo)
-                continue
-            a = updates[index]
-            self.decay(p, lr)
-            if undo is not None:  # summed in fp32, rounded once
-                a = a.float() - undo[1] * self.cfg.eps * self.factors(index, w, step, undo[0])[0].float()
-            w.addmm_(a.to(w.dtype), self.basis_of(index, w, self.period(step)).T)
+            elif self.plain_sgd() and not one_pass:
+                self.add_sgd(index, self.like(index), step, grads, lr, undo)
         if self.functional is not None:
             self.functional.changed()
         self.updated(step)
 
+    def add_factored_in_place(self, step: int, updates: dict[int, torch.Tensor], lr: float, undo: Pending) -> None:
+        """Momentum's or Adam's update of every matrix moved in place, W += A Bᵀ, the undoing of
+        `undo` folded in (A − s·ε·A_undone, summed in fp32 and rounded once): the factors of a
+        device's matrices end to end, combined by a few launches, then one addmm_ a matrix. Five
+        launches a matrix and the Python around them cost OPT-1.3B's LOZO-M and TeZO-Adam about
+        20 ms of host time a step, while the GPU waited."""
+        plan = self.plan(step, undo[0] if undo is not None else 0)  # each matrix's W, B and undone A
+        by_device: dict[torch.device, list[int]] = {}
+        for position, w in enumerate(plan.weights):
+            by_device.setdefault(w.device, []).append(position)
+        for positions in by_device.values():
+            summed = concatenated([updates[plan.indices[k]] for k in positions]).float()
+            if undo is not None:
+                summed -= undo[1] * self.cfg.eps * concatenated([plan.factors[k] for k in positions]).float()
+            weights = [plan.weights[k] for k in positions]
+            dtypes = {w.dtype for w in weights}
+            if len(dtypes) == 1:  # one cast for all (else each its own)
+                summed = summed.to(dtypes.pop())
+            factors = [a.to(w.dtype) for a, w in zip(split_like(summed, [updates[plan.indices[k]] for k in positions]), weights)]
+            for k in positions:
+                self.decay(self.params[plan.indices[k]][1], lr)
+            self.add_lowrank(weights, factors, [plan.bases[k] for k in positions], [1.0] * len(positions))
+
     def add_sgd_in_place(self, step: int, grad: float, lr: float, undo: Pending) -> None:
-        """`add_sgd` of one query for every matrix moved in place: a single addmm_ each, scaled in
-        fp32, no factor built."""
+        """`add_sgd` of one query for every matrix moved in place: one `add_lowrank` pass, each
+        matrix's α (by its rank scale) applied in fp32, no factor built."""
+        plan = self.plan(step, 0)
         alphas: dict[float, float] = {}  # rank scale -> α
-        for index, w, a, b_t in self.plan(step, 0):
+        for index in plan.indices:
             scale = self.rank_scale(index)
             if scale not in alphas:
                 alphas[scale] = self.sgd_alphas([grad], lr * scale, undo)[0]
-            w.addmm_(a, b_t, alpha=alphas[scale])
+        self.add_lowrank(plan.weights, plan.factors, plan.bases, [alphas[self.rank_scale(index)] for index in plan.indices])
 
     def add_sgd(self, index: int, w: torch.Tensor, step: int, grads: Sequence[float], lr: float, undo: Pending) -> None:
         """SGD's update of a matrix moved in place, W += Σ_q α_q A_q Bᵀ over the queries' own factors

@@ -48,8 +48,8 @@ class LOZO(LowRankMethod):
             return self.u(index, w, step, query), self.functional.basis[index]
         return self.u(index, w, step, query), self.v(index, w, self.period(step))
 
-    def update_factors(self, indices, step, grads, lr):
-        k = self.period(step)
+    def update_factors(self, step, grads, lr):
+        indices, k = list(self.ranks), self.period(step)
         likes = [self.like(index) for index in indices]
         factors = combine([[self.u(i, w, step, q) for i, w in zip(indices, likes)] for q in range(len(grads))], grads)  # m×r each
         if self.optim.name == "momentum":
