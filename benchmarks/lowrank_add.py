@@ -30,6 +30,25 @@ def timed(fn, reps: int = 10) -> float:
     return start.elapsed_time(end) / reps
 
 
+def bench_shape(shape: str, rank: int) -> str:
+    """The table row of one model shape."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(model_config(shape), dtype=torch.bfloat16)
+    weights = [p.detach() for p in model.parameters() if p.ndim == 2]
+    factors = [torch.randn(w.shape[0], rank, dtype=w.dtype, device=w.device) for w in weights]
+    bases = [torch.randn(w.shape[1], rank, dtype=w.dtype, device=w.device) for w in weights]
+    alphas = [1e-9] * len(weights)
+    eager = timed(lambda: lowrank_add.add_lowrank_many_(weights, factors, bases, alphas, fused=False))
+    floor = timed(lambda: torch._foreach_mul_(weights, 1.0))
+    kernel = []
+    for tiling in TILINGS:
+        lowrank_add.TILES = tiling
+        kernel.append(f"{tiling}: {timed(lambda: lowrank_add.add_lowrank_many_(weights, factors, bases, alphas, fused=True)):.2f}")
+    return f"| {shape} | {len(weights)} | {eager:.2f} | {floor:.2f} | {'; '.join(kernel)} |"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="opt-1.3b,llama-7b")
@@ -39,22 +58,7 @@ def main() -> None:
     print("| shape | matrices | addmm_ each (ms) | read-write (ms) | kernel: tiling → ms |")
     print("|---|---|---|---|---|")
     for shape in args.shapes.split(","):
-        from transformers import AutoModelForCausalLM
-
-        with torch.device("cuda"):
-            model = AutoModelForCausalLM.from_config(model_config(shape), dtype=torch.bfloat16)
-        weights = [p.detach() for p in model.parameters() if p.ndim == 2]
-        factors = [torch.randn(w.shape[0], args.rank, dtype=w.dtype, device=w.device) for w in weights]
-        bases = [torch.randn(w.shape[1], args.rank, dtype=w.dtype, device=w.device) for w in weights]
-        alphas = [1e-9] * len(weights)
-        eager = timed(lambda: lowrank_add.add_lowrank_many_(weights, factors, bases, alphas, fused=False))
-        floor = timed(lambda: torch._foreach_mul_(weights, 1.0))
-        kernel = []
-        for tiling in TILINGS:
-            lowrank_add.TILES = tiling
-            kernel.append(f"{tiling}: {timed(lambda: lowrank_add.add_lowrank_many_(weights, factors, bases, alphas, fused=True)):.2f}")
-        print(f"| {shape} | {len(weights)} | {eager:.2f} | {floor:.2f} | {'; '.join(kernel)} |", flush=True)
-        del model, weights, factors, bases
+        print(bench_shape(shape, args.rank), flush=True)
         torch.cuda.empty_cache()
 
 

@@ -247,9 +247,9 @@ class LowRankMethod(ZOMethod):
     def add_factored_in_place(self, step: int, updates: dict[int, torch.Tensor], lr: float, undo: Pending) -> None:
         """Momentum's or Adam's update of every matrix moved in place, W += A Bᵀ, the undoing of
         `undo` folded in (A − s·ε·A_undone, summed in fp32 and rounded once): the factors of a
-        device's matrices end to end, combined by a few launches, then one addmm_ a matrix. Five
-        launches a matrix and the Python around them cost OPT-1.3B's LOZO-M and TeZO-Adam about
-        20 ms of host time a step, while the GPU waited."""
+        device's matrices end to end, combined by a few launches, then one `add_lowrank` pass.
+        Five launches a matrix and the Python around them cost OPT-1.3B's LOZO-M and TeZO-Adam
+        about 20 ms of host time a step, while the GPU waited."""
         plan = self.plan(step, undo[0] if undo is not None else 0)  # each matrix's W, B and undone A
         by_device: dict[torch.device, list[int]] = {}
         for position, w in enumerate(plan.weights):

@@ -75,8 +75,8 @@ class TeZO(LowRankMethod):
         return self.drawn(("a", index, query), step, lambda: u * self.tau(index, w, step, query)), v
 
     def update_factors(self, step, grads, lr):
-        """U diag(c) of every matrix, c = Σ_q g_q τ_q / Q (or its momentum or Adam step) scaled by
-        −η/r: the coefficients of all matrices in one buffer (`coefficient_order`), a few launches
+        """U diag(c) of every matrix, c = Σ_q g_q τ_q / Q (or its momentum or Adam step) times −η
+        and the rank scale: the coefficients of all matrices in one buffer (`coefficient_order`), a few launches
         for the optimizer and one per U shape for the products, where a multi-tensor launch over
         146 tensors of r numbers cost the host about 0.5 ms (OPT-1.3B, H100)."""
         period = self.period(step)
