@@ -19,6 +19,19 @@ def compiled() -> bool:
     return torch.cuda.is_available() and not interpreted()
 
 
+def to_device(table: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A kernel's small host table (addresses, seeds) on `device` without waiting for the GPU:
+    pinned, copied asynchronously."""
+    return table.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else table
+
+
+def triton_dtype(dtype: torch.dtype):
+    """Triton's name for a tensor dtype, as a kernel's DTYPE."""
+    import triton.language as tl
+
+    return {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
+
+
 @functools.cache
 def kernel(module: str, name: str):
     """Kernel `name` of `module`, imported on first use (so TRITON_INTERPRET set by then is

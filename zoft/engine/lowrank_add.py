@@ -45,24 +45,24 @@ def add_lowrank_many_(
             groups.setdefault((w.dtype, w.device), []).append(i)
         else:
             w.addmm_(a, b.T, alpha=alphas[i])
+    block_m, block_n, warps = tiling = tiles()
     for (dtype, device), members in groups.items():
-        table = _tile_table(tuple((weights[i].data_ptr(), *weights[i].shape, factors[i].shape[1]) for i in members), device, tiles())
-        layout = _to_device(torch.tensor([
+        table = _tile_table(tuple((weights[i].data_ptr(), *weights[i].shape, factors[i].shape[1]) for i in members), device, tiling)
+        layout = kernels.to_device(torch.tensor([
             (factors[i].data_ptr(), bases[i].data_ptr(), *factors[i].stride(), *bases[i].stride()) for i in members
         ]), device)
-        scales = _to_device(torch.tensor([alphas[i] for i in members], dtype=torch.float32), device)
-        block_m, block_n, warps = tiles()
+        scales = kernels.to_device(torch.tensor([alphas[i] for i in members], dtype=torch.float32), device)
         _kernel()[(table.tiles,)](
             table.weights, layout, table.rows, table.cols, table.ranks, scales, table.matrix_of, table.tile_m_of, table.tile_n_of,
-            DTYPE=_triton_dtype(dtype), R=table.max_rank, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+            DTYPE=kernels.triton_dtype(dtype), R=table.max_rank, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
         )
 
 
 class _Tiles:
     """Where each program works: its matrix's address, shape and rank, and a tile of it."""
 
-    def __init__(self, matrices: tuple[tuple[int, int, int, int], ...], device: torch.device):
-        block_m, block_n, _ = tiles()
+    def __init__(self, matrices: tuple[tuple[int, int, int, int], ...], device: torch.device, tiling: tuple[int, int, int]):
+        block_m, block_n, _ = tiling
         columns = list(zip(*matrices))
         self.weights, self.rows, self.cols, self.ranks = (torch.tensor(c, dtype=torch.int64, device=device) for c in columns)
         self.max_rank = max(1, 1 << (max(columns[3]) - 1).bit_length())
@@ -77,19 +77,8 @@ class _Tiles:
 
 @functools.lru_cache(maxsize=16)
 def _tile_table(matrices: tuple[tuple[int, int, int, int], ...], device: torch.device, tiling: tuple[int, int, int]) -> _Tiles:
-    """Built once per set of matrices and ranks (a method's never change; addresses identify them)."""
-    return _Tiles(matrices, device)
-
-
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A small host table on the device without waiting for the GPU (pinned, asynchronous)."""
-    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
-
-
-def _triton_dtype(dtype: torch.dtype):
-    import triton.language as tl
-
-    return {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
+    """Built once per set of matrices, ranks and tiling (a method's never change; addresses identify them)."""
+    return _Tiles(matrices, device, tiling)
 
 
 def _kernel():

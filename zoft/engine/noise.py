@@ -80,7 +80,7 @@ def add_gaussian_many_(
         seeds2 = _seed_table(tuple(keys2[i] for i in members), device)
         _kernel_many()[(table.blocks,)](
             table.addresses, table.sizes, seeds, seeds2, table.tensor_of, table.block_of, alpha, alpha2,
-            DTYPE=_triton_dtype(chosen[0].dtype), BLOCK=BLOCK, ROUNDS=ROUNDS, FAST=_fast(device),
+            DTYPE=kernels.triton_dtype(chosen[0].dtype), BLOCK=BLOCK, ROUNDS=ROUNDS, FAST=_fast(device),
             TWO=len(terms) == 2, num_warps=WARPS,
         )
 
@@ -107,14 +107,7 @@ def _block_table(tensors) -> _Blocks:
 @functools.lru_cache(maxsize=64)
 def _seed_table(keys: tuple[tuple[int, ...], ...], device: torch.device) -> torch.Tensor:
     """The tensors' seeds on the device; a step's perturbations and update share one (step, query)."""
-    seeds = torch.tensor([stream_seed(*k) for k in keys], dtype=torch.int64)
-    return seeds.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else seeds
-
-
-def _triton_dtype(dtype: torch.dtype):
-    import triton.language as tl
-
-    return {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
+    return kernels.to_device(torch.tensor([stream_seed(*k) for k in keys], dtype=torch.int64), device)
 
 
 def gaussian_like(p: torch.Tensor, keys: tuple[int, ...], backend: str) -> torch.Tensor:

@@ -229,11 +229,10 @@ class LowRankMethod(ZOMethod):
             self.add_sgd_in_place(step, grads[0], lr, undo)
         if self.plain_sgd() and self.functional is not None:
             self.add_sgd_hooked(step, grads, lr)
-        factored = [] if self.plain_sgd() else list(self.ranks)
-        updates = dict(zip(factored, self.update_factors(step, grads, lr))) if factored else {}
-        if factored and self.functional is not None:
-            self.functional.accumulate(concatenated([updates[index] for index in self.functional.order]))
-        if factored:
+        if not self.plain_sgd() and self.ranks:
+            updates = dict(zip(self.ranks, self.update_factors(step, grads, lr)))
+            if self.functional is not None:
+                self.functional.accumulate(concatenated([updates[index] for index in self.functional.order]))
             self.add_factored_in_place(step, updates, lr, undo)
         for index, name, p in self.alone():
             if self.is_dense(p):
@@ -255,14 +254,15 @@ class LowRankMethod(ZOMethod):
         for position, w in enumerate(plan.weights):
             by_device.setdefault(w.device, []).append(position)
         for positions in by_device.values():
-            summed = concatenated([updates[plan.indices[k]] for k in positions]).float()
+            ours = [updates[plan.indices[k]] for k in positions]
+            summed = concatenated(ours).float()
             if undo is not None:
                 summed -= undo[1] * self.cfg.eps * concatenated([plan.factors[k] for k in positions]).float()
             weights = [plan.weights[k] for k in positions]
             dtypes = {w.dtype for w in weights}
             if len(dtypes) == 1:  # one cast for all (else each its own)
                 summed = summed.to(dtypes.pop())
-            factors = [a.to(w.dtype) for a, w in zip(split_like(summed, [updates[plan.indices[k]] for k in positions]), weights)]
+            factors = [a.to(w.dtype) for a, w in zip(split_like(summed, ours), weights)]
             for k in positions:
                 self.decay(self.params[plan.indices[k]][1], lr)
             self.add_lowrank(weights, factors, [plan.bases[k] for k in positions], [1.0] * len(positions))
