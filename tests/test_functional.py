@@ -56,6 +56,35 @@ def test_the_functional_path_follows_the_in_place_trajectory(tiny, variant, mode
         torch.testing.assert_close(runs["functional"][1][name], w, rtol=1e-4, atol=2e-5, msg=name)
 
 
+def test_momentum_over_matrices_of_different_ranks_follows_the_in_place_trajectory(tiny, tmp_path):
+    """Ranks from a rank file: each matrix's update scaled by its own 1/r in the flat factors."""
+    import json
+
+    session, _ = session_for(tiny, *VARIANTS["lozo-m"], path="inplace")
+    matrices = [name for name, p in session.params if p.ndim == 2]
+    rank_file = tmp_path / "ranks.json"
+    rank_file.write_text(json.dumps({"ranks": {name: 1 + k % 3 for k, name in enumerate(matrices)}, "default": 2}))
+    method, optim = VARIANTS["lozo-m"]
+    runs = {}
+    for path in ("inplace", "functional"):
+        session, loss_fn = session_for(tiny, {**method, "rank": str(rank_file)}, optim, path=path, paired_forward="never")
+        lozo, before = session.method, effective_weights(session)
+        assert len({lozo.rank(i) for i in lozo.ranks}) == 3
+        grads = [lozo.step(loss_fn, 0, lozo.optim.lr).grads[0]]
+        after = effective_weights(session)
+        for index in lozo.ranks:  # step 0: N = (1 − β) g U, W += −η/r · N Vᵀ
+            name, w = lozo.params[index][0], lozo.like(index)
+            u, v = lozo.u(index, w, 0, 0), lozo.v(index, w, 0)
+            expected = -lozo.optim.lr / lozo.rank(index) * (1 - lozo.optim.beta_values()[0]) * grads[0] * (u @ v.T)
+            torch.testing.assert_close((after[name] - before[name]).view_as(expected), expected, rtol=1e-3, atol=1e-7, msg=name)
+        grads += [lozo.step(loss_fn, step, lozo.optim.lr).grads[0] for step in range(1, 5)]
+        runs[path] = grads, effective_weights(session)
+    quantum = torch.finfo(torch.float32).eps / 1e-3
+    assert runs["functional"][0] == pytest.approx(runs["inplace"][0], rel=1e-3, abs=4 * quantum)
+    for name, w in runs["inplace"][1].items():
+        torch.testing.assert_close(runs["functional"][1][name], w, rtol=1e-4, atol=2e-5, msg=name)
+
+
 @pytest.mark.parametrize("model", ["tiny:opt-32x2", "tiny:llama-32x2"])
 def test_a_doubled_batch_gives_both_losses_of_two_forwards(tiny, model):
     """One forward over [batch; batch] with +ε on the first half and −ε on the second (biases

@@ -266,11 +266,11 @@ def test_drawing_the_next_step_early_changes_no_bit(name, key, noise):
 
 
 def test_mezo_dense_direction_is_one_tensor_at_a_time():
-    params = [("a", torch.zeros(256, 256)), ("b", torch.zeros(256, 256))]
+    params = [("a", torch.zeros(512, 256)), ("b", torch.zeros(512, 256))]  # too large to be grouped (base.SMALL)
     method = make("mezo", params)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         method.perturb(0, 0, 1.0)
-    assert max(e.cpu_memory_usage for e in prof.events()) <= 256 * 256 * 4
+    assert max(e.cpu_memory_usage for e in prof.events()) <= 512 * 256 * 4
 
 
 @pytest.mark.parametrize("name, optim, interval", [

@@ -36,26 +36,47 @@ def usable(device: torch.device) -> bool:
 def add_lowrank_many_(
     weights: list[torch.Tensor], factors: list[torch.Tensor], bases: list[torch.Tensor], alphas: list[float], fused: bool
 ) -> None:
-    """w += alpha · a bᵀ for every (w, a, b, alpha) of the lists (w m×n, a m×r, b n×r). With
-    `fused`, one kernel launch per dtype and device for the 16-bit matrices stored contiguously
-    whose factors (of any strides) share their dtype; addmm_ for any other (and without `fused`)."""
-    groups: dict[tuple, list[int]] = {}
-    for i, (w, a, b) in enumerate(zip(weights, factors, bases)):
-        if fused and w.dtype in DTYPES and a.dtype == b.dtype == w.dtype and w.is_contiguous():
-            groups.setdefault((w.dtype, w.device), []).append(i)
-        else:
-            w.addmm_(a, b.T, alpha=alphas[i])
-    block_m, block_n, warps = tiling = tiles()
-    for (dtype, device), members in groups.items():
-        table = _tile_table(tuple((weights[i].data_ptr(), *weights[i].shape, factors[i].shape[1]) for i in members), device, tiling)
-        layout = kernels.to_device(torch.tensor([
-            (factors[i].data_ptr(), bases[i].data_ptr(), *factors[i].stride(), *bases[i].stride()) for i in members
-        ]), device)
-        scales = kernels.to_device(torch.tensor([alphas[i] for i in members], dtype=torch.float32), device)
-        _kernel()[(table.tiles,)](
-            table.weights, layout, table.rows, table.cols, table.ranks, scales, table.matrix_of, table.tile_m_of, table.tile_n_of,
-            DTYPE=kernels.triton_dtype(dtype), R=table.max_rank, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
-        )
+    """w += alpha · a bᵀ for every (w, a, b, alpha) of the lists (w m×n, a m×r, b n×r): `LowRankPass` once."""
+    LowRankPass(weights, factors, bases, fused).add_(alphas)
+
+
+class LowRankPass:
+    """Matrices and factors to move by w += alpha · a bᵀ, their kernel tables built once: a step's
+    passes (+ε, −2ε, the restore) move the same ones, and a table of 146 matrices' addresses and
+    strides costs the host about 0.5 ms, which (built ahead, while the forwards run) then leaves
+    the step's critical path. With `fused`, one kernel launch per dtype and device for the 16-bit
+    matrices stored contiguously whose factors (of any strides) share their dtype; addmm_ for any
+    other (and without `fused`)."""
+
+    def __init__(self, weights: list[torch.Tensor], factors: list[torch.Tensor], bases: list[torch.Tensor], fused: bool):
+        self.weights, self.factors, self.bases = weights, factors, bases  # kept: the tables hold their addresses
+        groups: dict[tuple, list[int]] = {}
+        self.by_addmm: list[int] = []
+        for i, (w, a, b) in enumerate(zip(weights, factors, bases)):
+            if fused and w.dtype in DTYPES and a.dtype == b.dtype == w.dtype and w.is_contiguous():
+                groups.setdefault((w.dtype, w.device), []).append(i)
+            else:
+                self.by_addmm.append(i)
+        tiling = tiles()
+        self.launches = [
+            (members, dtype, device, _tile_table(tuple((weights[i].data_ptr(), *weights[i].shape, factors[i].shape[1]) for i in members), device, tiling),
+             kernels.to_device(torch.tensor([
+                 (factors[i].data_ptr(), bases[i].data_ptr(), *factors[i].stride(), *bases[i].stride()) for i in members
+             ]), device))
+            for (dtype, device), members in groups.items()
+        ]
+
+    def add_(self, alphas: list[float]) -> None:
+        """w += alpha · a bᵀ, each matrix's alpha from the list."""
+        for i in self.by_addmm:
+            self.weights[i].addmm_(self.factors[i], self.bases[i].T, alpha=alphas[i])
+        block_m, block_n, warps = tiles()
+        for members, dtype, device, table, layout in self.launches:
+            scales = kernels.to_device(torch.tensor([alphas[i] for i in members], dtype=torch.float32), device)
+            _kernel()[(table.tiles,)](
+                table.weights, layout, table.rows, table.cols, table.ranks, scales, table.matrix_of, table.tile_m_of, table.tile_n_of,
+                DTYPE=kernels.triton_dtype(dtype), R=table.max_rank, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+            )
 
 
 class _Tiles:

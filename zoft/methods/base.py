@@ -113,43 +113,78 @@ def moving_average_(buffers: list[torch.Tensor], values: list[torch.Tensor], bet
         torch._foreach_add_(buffers, values, alpha=1 - beta)
 
 
-def adam_denominators(second_moments: list[torch.Tensor], beta2: float, t: int, adam_eps: float) -> list[torch.Tensor]:
-    """√(v / (1 − β₂ᵗ)) + δ for every second moment v at once (new tensors)."""
-    denoms = torch._foreach_div(second_moments, 1 - beta2 ** t)
+def adam_denominators(
+    second_moments: list[torch.Tensor], beta2: float, t: int, adam_eps: float, out: list[torch.Tensor] | None = None
+) -> list[torch.Tensor]:
+    """√(v / (1 − β₂ᵗ)) + δ for every second moment v at once: new tensors, or written into `out`."""
+    if out is None:
+        denoms = torch._foreach_div(second_moments, 1 - beta2 ** t)
+    else:
+        denoms = out
+        torch._foreach_copy_(denoms, second_moments)
+        torch._foreach_div_(denoms, 1 - beta2 ** t)
     torch._foreach_sqrt_(denoms)
     torch._foreach_add_(denoms, adam_eps)
     return denoms
 
 
-class DenseMoments:
-    """Full-size momentum (m) or Adam (m, v) buffers for tensors updated along dense directions."""
+def flat_like(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Zeroed room for `tensors`: one flat buffer per (device, dtype), and a view of it shaped as
+    each tensor, in order. An op on the buffers replaces a multi-tensor op over the tensors, which
+    costs the host an allocation per tensor when it makes new ones (hundreds of biases and norms)."""
+    sizes: dict[tuple, int] = {}
+    for t in tensors:
+        sizes[t.device, t.dtype] = sizes.get((t.device, t.dtype), 0) + t.numel()
+    flats = {key: torch.zeros(size, device=key[0], dtype=key[1]) for key, size in sizes.items()}
+    offsets = dict.fromkeys(sizes, 0)
+    views = []
+    for t in tensors:
+        key, start = (t.device, t.dtype), offsets[t.device, t.dtype]
+        views.append(flats[key][start:start + t.numel()].view(t.shape))
+        offsets[key] = start + t.numel()
+    return list(flats.values()), views
 
-    def __init__(self, optim: OptimConfig, params: Named):
+
+class DenseMoments:
+    """Full-size momentum (m) or Adam (m, v) buffers for tensors updated along dense directions;
+    those of the grouped tensors (`grouped`, moved together) are views of flat buffers laid out as
+    `flat_like` lays out the tensors, so that their update is a few launches on the buffers."""
+
+    def __init__(self, optim: OptimConfig, params: Named, grouped: Named = ()):
         self.optim = optim
         self.buffers: dict[str, torch.Tensor] = {}
-        if optim.name in ("momentum", "adam"):
-            for name, p in params:
-                self.buffers[f"m.{name}"] = torch.zeros_like(p)
-                if optim.name == "adam":
-                    self.buffers[f"v.{name}"] = torch.zeros_like(p)
+        self.flat: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}  # moment -> the grouped tensors' (buffers, views)
+        together = {name for name, _ in grouped}
+        for kind in {"momentum": ["m"], "adam": ["m", "v", "d"]}.get(optim.name, []):  # d: room for Adam's denominators
+            self.flat[kind] = flat_like([p for _, p in grouped])
+            if kind == "d":
+                continue
+            self.buffers.update((f"{kind}.{name}", view) for (name, _), view in zip(grouped, self.flat[kind][1]))
+            self.buffers.update((f"{kind}.{name}", torch.zeros_like(p)) for name, p in params if name not in together)
 
     def apply(self, name: str, p: torch.Tensor, estimate: torch.Tensor, lr: float, step: int) -> None:
-        self.apply_many([name], [p], [estimate], lr, step)
+        """The update of one tensor moved on its own."""
+        m = [self.buffers[f"m.{name}"]]
+        v = [self.buffers[f"v.{name}"]] if self.optim.name == "adam" else []
+        room = [torch.empty_like(t) for t in v]
+        self._apply([p], (m, m), (v, v), (room, room), [estimate], lr, step)
 
-    def apply_many(self, names: list[str], params: list[torch.Tensor], estimates: list[torch.Tensor], lr: float, step: int) -> None:
-        """p ← p − η·(m) for momentum, p ← p − η·m̂/(√v̂+δ) for Adam (bias-corrected, t = step + 1),
-        for every tensor at once: a few multi-tensor launches, not a dozen per tensor."""
+    def apply_group(self, params: list[torch.Tensor], estimates: list[torch.Tensor], lr: float, step: int) -> None:
+        """The update of the grouped tensors, `estimates` laid out as their moments' flat buffers."""
+        self._apply(params, self.flat["m"], self.flat.get("v"), self.flat.get("d"), estimates, lr, step)
+
+    def _apply(self, params, m, v, room, estimates, lr: float, step: int) -> None:
+        """p ← p − η·m for momentum, p ← p − η·m̂/(√v̂+δ) for Adam (bias-corrected, t = step + 1),
+        with m, v and the denominators' room as (buffers, views shaped as `params`)."""
         betas = self.optim.beta_values()
-        ms = [self.buffers[f"m.{name}"] for name in names]
-        moving_average_(ms, estimates, betas[0])
+        moving_average_(m[0], estimates, betas[0])
         if self.optim.name == "momentum":
-            torch._foreach_add_(params, ms, alpha=-lr)
+            torch._foreach_add_(params, m[1], alpha=-lr)
             return
-        vs = [self.buffers[f"v.{name}"] for name in names]
-        moving_average_(vs, estimates, betas[1], squared=True)
+        moving_average_(v[0], estimates, betas[1], squared=True)
         t = step + 1
-        denoms = adam_denominators(vs, betas[1], t, self.optim.adam_eps)
-        torch._foreach_addcdiv_(params, ms, denoms, value=-lr / (1 - betas[0] ** t))
+        adam_denominators(v[0], betas[1], t, self.optim.adam_eps, out=room[0])
+        torch._foreach_addcdiv_(params, m[1], room[1], value=-lr / (1 - betas[0] ** t))
 
 
 class ZOMethod(Method):
@@ -162,9 +197,11 @@ class ZOMethod(Method):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.moments = DenseMoments(self.optim, [(n, p) for n, p in self.params if self.is_dense(p)])
+        self.moments = DenseMoments(
+            self.optim, [(n, p) for n, p in self.params if self.is_dense(p)], [self.params[i] for i, _ in self.group]
+        )
         self._drawn: dict[int, dict[tuple, object]] = {}  # step -> what `drawn` drew for it
-        self._group_buffers: dict[tuple[int, int], list[torch.Tensor]] = {}  # (step parity, query): where the fused kernel draws z
+        self._group_buffers: dict[tuple[int, int], tuple] = {}  # (step parity, query): `flat_like` room for the group's z
         self.device = self.params[0][1].device if self.params else torch.device("cpu")  # of the trained tensors
         self.noise = noise.resolve(self.cfg.noise, self.device)
         if self.noise == "triton" and not noise.available():
@@ -267,20 +304,26 @@ class ZOMethod(Method):
 
     def group_directions(self, step: int, query: int) -> list[torch.Tensor]:
         """The z of every grouped tensor at (step, query), drawn once (`drawn`)."""
-        return self.drawn(("group", query), step, lambda: self._draw_group(step, query))
+        return self.drawn(("group", query), step, lambda: self._draw_group(step, query))[1]
 
-    def _draw_group(self, step: int, query: int) -> list[torch.Tensor]:
-        """The grouped tensors' z: with the fused kernel, two launches into buffers kept for the
-        query (the same z as `noise.gaussian_like`, which takes two launches per tensor)."""
-        if self.noise != "triton":
-            return [noise.gaussian_like(p, self.dense_keys(i, step, query), self.noise) for i, p in self.group]
+    def group_flats(self, step: int, query: int) -> list[torch.Tensor]:
+        """The same z as flat buffers, laid out as `flat_like` lays out the grouped tensors."""
+        return self.drawn(("group", query), step, lambda: self._draw_group(step, query))[0]
+
+    def _draw_group(self, step: int, query: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The grouped tensors' z, into (buffers, views) kept for the query: with the fused kernel
+        two launches (the same z as `noise.gaussian_like`, which takes two launches per tensor)."""
         key = (step % 2, query)  # two steps' sets: a step's and the prefetched next one's
         if key not in self._group_buffers:
-            self._group_buffers[key] = [torch.empty_like(p) for _, p in self.group]
-        buffers = self._group_buffers[key]
-        torch._foreach_zero_(buffers)
-        self.add_dense_many([(i, z) for (i, _), z in zip(self.group, buffers)], step, query, 1.0)
-        return buffers
+            self._group_buffers[key] = flat_like([p for _, p in self.group])
+        flats, views = self._group_buffers[key]
+        if self.noise != "triton":
+            for (i, p), z in zip(self.group, views):
+                z.copy_(noise.gaussian_like(p, self.dense_keys(i, step, query), self.noise))
+            return flats, views
+        torch._foreach_zero_(flats)
+        self.add_dense_many([(i, z) for (i, _), z in zip(self.group, views)], step, query, 1.0)
+        return flats, views
 
     def perturb_group(self, step: int, query: int, scale: float) -> None:
         tensors = [p for _, p in self.group]
@@ -303,8 +346,8 @@ class ZOMethod(Method):
             for query, alpha in enumerate(self.sgd_alphas(grads, lr, undo)):
                 torch._foreach_add_(tensors, self.group_directions(step, query), alpha=alpha)
             return
-        estimates = combine([self.group_directions(step, query) for query in range(len(grads))], grads)
-        self.moments.apply_many([self.params[i][0] for i, _ in self.group], tensors, estimates, lr, step)
+        estimates = combine([self.group_flats(step, query) for query in range(len(grads))], grads)
+        self.moments.apply_group(tensors, estimates, lr, step)
 
     def sgd_alphas(self, grads: Sequence[float], lr: float, undo: Pending) -> list[float]:
         """Each query's coefficient of its z in an SGD update, undoing `undo` folded in."""

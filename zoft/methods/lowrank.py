@@ -10,6 +10,8 @@ Two ways to apply a direction (SPEC.md, `method.path`):
 
 from __future__ import annotations
 
+import functools
+import itertools
 from abc import abstractmethod
 from typing import Callable, NamedTuple, Sequence
 
@@ -19,14 +21,14 @@ from zoft.config.methods import load_rank_file
 from zoft.engine import lowrank_add
 from zoft.errors import ZoftError
 from zoft.methods.base import Pending, ZOMethod, matrix
-from zoft.methods.functional import FunctionalPath, Unsupported, concatenated, split_like
+from zoft.methods.functional import FunctionalPath, Unsupported, concatenated
 from zoft.models.quantize import is_quantized, logical_shape
 
 PAIRED_MAX_EXAMPLES = 8  # paired_forward=auto doubles batches of at most this many examples
 
 
 class Plan(NamedTuple):
-    """The matrices a pass moves in place, column by column: what `add_lowrank` takes."""
+    """The matrices a pass moves in place, column by column: what a `LowRankPass` takes."""
 
     indices: list[int]
     weights: list[torch.Tensor]  # W (m×n views)
@@ -39,6 +41,8 @@ class LowRankMethod(ZOMethod):
         self._periodic: dict[int, tuple[int, object]] = {}  # parameter -> (period, what `periodic` drew)
         self._alone: list[tuple[int, str, torch.Tensor]] | None = None  # `alone()`, for the current path
         self._hooked_by_scale: dict[float, list[int]] = {}  # rank scale -> its hooked matrices, together in `order`
+        self._layouts: dict[tuple, object] = {}  # made once: `segment_scales`, `factor_shapes`, `gathered`'s indices
+        self._update_rooms: dict[int, tuple] = {}  # segment -> (key, room, pass) of `add_factored_in_place`
         super().__init__(*args, **kwargs)
         per_layer = load_rank_file(self.cfg.rank) if isinstance(self.cfg.rank, str) else {}
         default = per_layer.get("default", self.cfg.rank)
@@ -63,9 +67,11 @@ class LowRankMethod(ZOMethod):
 
     @abstractmethod
     def update_factors(self, step: int, grads: Sequence[float], lr: float) -> list[torch.Tensor]:
-        """A of this step's update W += A Bᵀ of every matrix (`ranks`' order), B being this period's
-        basis: a few launches for all of them, not a launch per matrix and operation (OPT-1.3B has
-        146 matrices, and that cost momentum and Adam 20-60 ms a step on an H100)."""
+        """A of this step's update W += A Bᵀ of every matrix, B being this period's basis: for each
+        of `segments`, its matrices' A end to end in one flat tensor. A few launches for all of
+        them, not a launch per matrix and operation, nor a multi-tensor op making a tensor per
+        matrix (OPT-1.3B has 146 matrices, and those cost momentum and Adam 10-60 ms of host time
+        a step on an H100, the GPU waiting)."""
 
     @abstractmethod
     def basis_of(self, index: int, w: torch.Tensor, period: int) -> torch.Tensor:
@@ -90,6 +96,61 @@ class LowRankMethod(ZOMethod):
 
     def rank(self, index: int) -> int:
         return self.ranks[index]
+
+    @functools.cached_property
+    def segments(self) -> list[list[int]]:
+        """The matrices (`ranks`' order) by device and dtype, one list each: flat factor tensors are
+        per segment (one but for a model spread over GPUs by `model.device_map`, or of mixed dtypes)."""
+        by_kind: dict[tuple, list[int]] = {}
+        for index in self.ranks:
+            by_kind.setdefault((self.params[index][1].device, self.like(index).dtype), []).append(index)
+        return list(by_kind.values())
+
+    def segment_scales(self, segment: list[int]) -> float | torch.Tensor:
+        """The rank scale of each matrix of `segment`, per element of its flat factors: one number
+        where they share it (a uniform rank), else a flat fp32 tensor, made once."""
+        scales = {self.rank_scale(index) for index in segment}
+        if len(scales) == 1:
+            return scales.pop()
+        key = ("scales", tuple(segment))
+        if key not in self._layouts:
+            self._layouts[key] = torch.cat([
+                torch.full((self.like(i).shape[0] * self.rank(i),), self.rank_scale(i), device=self.params[i][1].device) for i in segment
+            ])
+        return self._layouts[key]
+
+    def factor_shapes(self, indices: list[int]) -> tuple[list[int], list[tuple[int, int]]]:
+        """Sizes and shapes (m×r) of the factors A of matrices `indices`, listed once."""
+        key = ("shapes", tuple(indices))
+        if key not in self._layouts:
+            shapes = [(self.like(i).shape[0], self.rank(i)) for i in indices]
+            self._layouts[key] = ([m * r for m, r in shapes], shapes)
+        return self._layouts[key]
+
+    def split_factors(self, flat: torch.Tensor, indices: list[int]) -> list[torch.Tensor]:
+        """Views of flat factors laid end to end: A (m×r) of each matrix of `indices`."""
+        sizes, shapes = self.factor_shapes(indices)
+        return [part.view(shape) for part, shape in zip(flat.split(sizes), shapes)]
+
+    def gathered(self, flat: torch.Tensor, segment: list[int], indices: list[int]) -> torch.Tensor:
+        """The factors of matrices `indices` end to end, taken from `flat` (those of `segment` end to
+        end): `flat` itself where they are the same, else one gather by an index made once."""
+        if indices == segment:
+            return flat
+        key = ("positions", tuple(segment), tuple(indices), flat.device)
+        if key not in self._layouts:
+            sizes = self.factor_shapes(segment)[0]
+            starts = dict(zip(segment, itertools.accumulate(sizes, initial=0)))
+            self._layouts[key] = torch.cat([
+                torch.arange(starts[i], starts[i] + size, device=flat.device) for i, size in zip(indices, self.factor_shapes(indices)[0])
+            ])
+        return flat[self._layouts[key]]
+
+    def flat_factors(self, step: int, query: int, number: int) -> torch.Tensor:
+        """A of every matrix of segment `number` at (step, query), end to end, made once a query
+        (ahead, by `prefetch`): LOZO's update reads it, and so does the undoing folded into it."""
+        segment = self.segments[number]
+        return self.drawn(("flat", number, query), step, lambda: concatenated([self.factors(i, self.like(i), step, query)[0] for i in segment]))
 
     def rank_scale(self, index: int) -> float:
         """1/r for estimators normalized to be unbiased (SPEC: lozo, tezo), else 1."""
@@ -182,15 +243,14 @@ class LowRankMethod(ZOMethod):
     def perturb(self, step: int, query: int, scale: float) -> None:
         """Every tensor not on the functional path's hooks: W += scale·ε·Z in place."""
         self.perturb_group(step, query, scale)
-        plan = self.plan(step, query)
-        self.add_lowrank(plan.weights, plan.factors, plan.bases, [scale * self.cfg.eps] * len(plan.indices))
+        self.plan_pass(step, query).add_([scale * self.cfg.eps] * len(self.plan(step, query).indices))
         for index, _, p in self.alone():
             if self.is_dense(p):
                 self.perturb_dense(index, p, step, query, scale)
 
     def plan(self, step: int, query: int) -> Plan:
         """The matrices moved in place at (step, query) with their factors, gathered once a query
-        (by `prefetch` on a GPU, while the forwards run): a pass is then one `add_lowrank`."""
+        (by `prefetch` on a GPU, while the forwards run): a pass is then one `plan_pass`."""
         def gather():
             plan = Plan([], [], [], [])
             for index, (_, p) in enumerate(self.params):
@@ -201,10 +261,10 @@ class LowRankMethod(ZOMethod):
             return plan
         return self.drawn(("plan", query), step, gather)
 
-    def add_lowrank(self, weights: list[torch.Tensor], factors: list[torch.Tensor], bases: list[torch.Tensor], alphas: list[float]) -> None:
-        """W += α A Bᵀ for every matrix of the lists: on a GPU one kernel launch for all (the
-        many-matrix kernel of engine/lowrank_add.py), else an addmm_ each."""
-        lowrank_add.add_lowrank_many_(weights, factors, bases, alphas, fused=self.fused_add)
+    def plan_pass(self, step: int, query: int) -> lowrank_add.LowRankPass:
+        """The kernel tables of `plan`'s matrices, built once a query (ahead, by `prefetch`)."""
+        plan = self.plan(step, query)
+        return self.drawn(("pass", query), step, lambda: lowrank_add.LowRankPass(plan.weights, plan.factors, plan.bases, self.fused_add))
 
     def update(self, step: int, grads: Sequence[float], lr: float) -> None:
         self.rebase(step)  # a replayed update comes without the estimate that rebases
@@ -230,10 +290,11 @@ class LowRankMethod(ZOMethod):
         if self.plain_sgd() and self.functional is not None:
             self.add_sgd_hooked(step, grads, lr)
         if not self.plain_sgd() and self.ranks:
-            updates = dict(zip(self.ranks, self.update_factors(step, grads, lr)))
+            flats = self.update_factors(step, grads, lr)
             if self.functional is not None:
-                self.functional.accumulate(concatenated([updates[index] for index in self.functional.order]))
-            self.add_factored_in_place(step, updates, lr, undo)
+                whole = flats[0] if len(flats) == 1 else torch.cat(flats)
+                self.functional.accumulate(self.gathered(whole, list(self.ranks), self.functional.order))
+            self.add_factored_in_place(step, flats, lr, undo)
         for index, name, p in self.alone():
             if self.is_dense(p):
                 self.update_dense(index, name, p, step, grads, lr, undo=undo)
@@ -243,32 +304,36 @@ class LowRankMethod(ZOMethod):
             self.functional.changed()
         self.updated(step)
 
-    def add_factored_in_place(self, step: int, updates: dict[int, torch.Tensor], lr: float, undo: Pending) -> None:
+    def add_factored_in_place(self, step: int, flats: list[torch.Tensor], lr: float, undo: Pending) -> None:
         """Momentum's or Adam's update of every matrix moved in place, W += A Bᵀ, the undoing of
-        `undo` folded in (A − s·ε·A_undone, summed in fp32 and rounded once): the factors of a
-        device's matrices end to end, combined by a few launches, then one `add_lowrank` pass.
-        Five launches a matrix and the Python around them cost OPT-1.3B's LOZO-M and TeZO-Adam
-        about 20 ms of host time a step, while the GPU waited."""
+        `undo` folded in (A − s·ε·A_undone, summed in fp32 and rounded once): per segment, the
+        factors end to end combined by a few launches into a room kept for the period, then one
+        pass whose tables were built with it. Launches per matrix, and then the host's building of
+        per-matrix views and tables each step, cost OPT-1.3B's LOZO-M and TeZO-Adam 10-20 ms of
+        host time a step while the GPU waited."""
         plan = self.plan(step, undo[0] if undo is not None else 0)  # each matrix's W, B and undone A
-        by_device: dict[torch.device, list[int]] = {}
-        for position, w in enumerate(plan.weights):
-            by_device.setdefault(w.device, []).append(position)
-        for positions in by_device.values():
-            ours = [updates[plan.indices[k]] for k in positions]
-            summed = concatenated(ours).float()
+        position = {index: k for k, index in enumerate(plan.indices)}
+        for number, (segment, flat) in enumerate(zip(self.segments, flats)):
+            moved = [index for index in segment if index in position]
+            if not moved:
+                continue
+            summed = self.gathered(flat, segment, moved).float()
             if undo is not None:
-                summed -= undo[1] * self.cfg.eps * concatenated([plan.factors[k] for k in positions]).float()
-            weights = [plan.weights[k] for k in positions]
-            dtypes = {w.dtype for w in weights}
-            if len(dtypes) == 1:  # one cast for all (else each its own)
-                summed = summed.to(dtypes.pop())
-            factors = [a.to(w.dtype) for a, w in zip(split_like(summed, ours), weights)]
-            for k in positions:
-                self.decay(self.params[plan.indices[k]][1], lr)
-            self.add_lowrank(weights, factors, [plan.bases[k] for k in positions], [1.0] * len(positions))
+                summed -= undo[1] * self.cfg.eps * self.gathered(self.flat_factors(step, undo[0], number), segment, moved).float()
+            key = (self.period(step), tuple(moved))
+            if self._update_rooms.get(number, (None,))[0] != key:
+                room = torch.empty_like(summed, dtype=plan.weights[position[moved[0]]].dtype)
+                weights, bases = ([column[position[i]] for i in moved] for column in (plan.weights, plan.bases))
+                self._update_rooms[number] = (key, room, lowrank_add.LowRankPass(weights, self.split_factors(room, moved), bases, self.fused_add))
+            _, room, update = self._update_rooms[number]
+            room.copy_(summed)
+            if self.optim.weight_decay:
+                for index in moved:
+                    self.decay(self.params[index][1], lr)
+            update.add_([1.0] * len(moved))
 
     def add_sgd_in_place(self, step: int, grad: float, lr: float, undo: Pending) -> None:
-        """`add_sgd` of one query for every matrix moved in place: one `add_lowrank` pass, each
+        """`add_sgd` of one query for every matrix moved in place: one `plan_pass`, each
         matrix's α (by its rank scale) applied in fp32, no factor built."""
         plan = self.plan(step, 0)
         alphas: dict[float, float] = {}  # rank scale -> α
@@ -276,7 +341,7 @@ class LowRankMethod(ZOMethod):
             scale = self.rank_scale(index)
             if scale not in alphas:
                 alphas[scale] = self.sgd_alphas([grad], lr * scale, undo)[0]
-        self.add_lowrank(plan.weights, plan.factors, plan.bases, [alphas[self.rank_scale(index)] for index in plan.indices])
+        self.plan_pass(step, 0).add_([alphas[self.rank_scale(index)] for index in plan.indices])
 
     def add_sgd(self, index: int, w: torch.Tensor, step: int, grads: Sequence[float], lr: float, undo: Pending) -> None:
         """SGD's update of a matrix moved in place, W += Σ_q α_q A_q Bᵀ over the queries' own factors
@@ -300,7 +365,10 @@ class LowRankMethod(ZOMethod):
         if self.group:
             self.group_directions(step, 0)
         if self.period(step) == self.period(step - 1):
-            self.plan(step, 0)
+            self.plan_pass(step, 0)
+            if not self.plain_sgd():
+                for number in range(len(self.segments)):
+                    self.flat_factors(step, 0, number)
             if self.functional is not None:
                 self.directions(step, 0)
 

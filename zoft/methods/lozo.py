@@ -2,7 +2,7 @@
 
 V is drawn from (seed, k, parameter), kept for its period (n×r) and never saved: regenerating it
 is what fixes the official code's replay mismatch on refresh steps (methods.md §3.3). LOZO-M
-keeps the m×r momentum N.
+keeps the m×r momentum N (fp32).
 """
 
 from __future__ import annotations
@@ -18,13 +18,15 @@ from zoft.methods.lowrank import LowRankMethod
 class LOZO(LowRankMethod):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.momentum: dict[str, torch.Tensor] = {}
+        self.momentum: dict[str, torch.Tensor] = {}  # N (m×r, fp32) of each matrix, by name: views of `momentum_flats`
+        self.momentum_flats: list[torch.Tensor] = []  # one per segment, its matrices' N end to end
         self.momentum_basis = torch.zeros((), dtype=torch.long)  # k of the V that N is expressed against
         if self.optim.name == "momentum":
-            for index, (name, p) in enumerate(self.params):
-                if not self.is_dense(p):
-                    w = self.like(index)  # the logical matrix, also of a quantized weight
-                    self.momentum[f"N.{name}"] = torch.zeros(w.shape[0], self.rank(index), dtype=w.dtype, device=w.device)
+            for segment in self.segments:
+                size = sum(self.like(i).shape[0] * self.rank(i) for i in segment)
+                self.momentum_flats.append(torch.zeros(size, dtype=torch.float32, device=self.params[segment[0]][1].device))
+                views = self.split_factors(self.momentum_flats[-1], segment)
+                self.momentum.update((f"N.{self.params[i][0]}", view) for i, view in zip(segment, views))
 
     def v(self, index: int, w: torch.Tensor, k: int) -> torch.Tensor:
         """V_k, kept for its period."""
@@ -49,19 +51,21 @@ class LOZO(LowRankMethod):
         return self.u(index, w, step, query), self.v(index, w, self.period(step))
 
     def update_factors(self, step, grads, lr):
-        indices, k = list(self.ranks), self.period(step)
-        likes = [self.like(index) for index in indices]
-        factors = combine([[self.u(i, w, step, q) for i, w in zip(indices, likes)] for q in range(len(grads))], grads)  # m×r each
-        if self.optim.name == "momentum":
-            buffers = [self.momentum[f"N.{self.params[index][0]}"] for index in indices]
-            old = int(self.momentum_basis)
-            if old != k:  # carry N into the new basis: N V_oldᵀ V_new / n (the old V, not kept)
-                for index, w, n_buf in zip(indices, likes, buffers):
-                    n_buf.copy_(n_buf @ (self.draw_v(index, w, old).T @ self.v(index, w, k)) / w.shape[1])
-            moving_average_(buffers, factors, self.optim.beta_values()[0])
-            factors = buffers
-        return torch._foreach_mul(factors, [-lr * self.rank_scale(index) for index in indices])
-
+        k = self.period(step)
+        flats = []
+        for number, segment in enumerate(self.segments):
+            likes = [self.like(i) for i in segment]
+            us = [self.flat_factors(step, q, number) for q in range(len(grads))]  # every matrix's U end to end
+            factors = combine([[u] for u in us], grads)[0]
+            if self.optim.name == "momentum":
+                n_flat, old = self.momentum_flats[number], int(self.momentum_basis)
+                if old != k:  # carry N into the new basis: N V_oldᵀ V_new / n (the old V, not kept)
+                    for index, w, n_buf in zip(segment, likes, self.split_factors(n_flat, segment)):
+                        n_buf.copy_(n_buf @ (self.draw_v(index, w, old).T @ self.v(index, w, k)).float() / w.shape[1])
+                moving_average_([n_flat], [factors], self.optim.beta_values()[0])
+                factors = n_flat
+            flats.append(factors * (self.segment_scales(segment) * -lr))
+        return flats
     def updated(self, step: int) -> None:
         self.momentum_basis.fill_(self.period(step))
 

@@ -12,6 +12,7 @@ import torch
 
 from zoft.engine.rng import BASIS, DIRECTION, gaussian
 from zoft.methods.base import METHODS, combine
+from zoft.methods.functional import concatenated
 from zoft.methods.lowrank import LowRankMethod
 
 
@@ -51,7 +52,11 @@ class SubZO(LowRankMethod):
         return a, q
 
     def update_factors(self, step, grads, lr):
-        indices, period = list(self.ranks), self.period(step)
-        likes = [self.like(index) for index in indices]
-        cores = combine([[self.s(i, w, step, q) for i, w in zip(indices, likes)] for q in range(len(grads))], grads)
-        return [(self.subspace(i, w, period)[0] @ core) * (-lr * self.scale(i, w)) for i, w, core in zip(indices, likes, cores)]
+        period, flats = self.period(step), []
+        for segment in self.segments:
+            likes = [self.like(index) for index in segment]
+            cores = combine([[self.s(i, w, step, q) for i, w in zip(segment, likes)] for q in range(len(grads))], grads)
+            flats.append(concatenated([
+                (self.subspace(i, w, period)[0] @ core) * (-lr * self.scale(i, w)) for i, w, core in zip(segment, likes, cores)
+            ]))
+        return flats

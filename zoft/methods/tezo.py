@@ -74,26 +74,32 @@ class TeZO(LowRankMethod):
         u, v = self.basis(index, w, self.period(step))
         return self.drawn(("a", index, query), step, lambda: u * self.tau(index, w, step, query)), v
 
+    def flat_taus(self, step: int, query: int) -> torch.Tensor:
+        """τ of every matrix at (step, query), end to end in `coefficient_order` (fp32), made once a
+        query (ahead, by `prefetch`)."""
+        return self.drawn(("taus", query), step, lambda: torch.cat([self.tau(i, self.like(i), step, query) for i in self.coefficient_order]).float())
+
+    def prefetch(self, step: int) -> None:
+        super().prefetch(step)
+        if not self.plain_sgd():
+            self.flat_taus(step, 0)
+
     def update_factors(self, step, grads, lr):
         """U diag(c) of every matrix, c = Σ_q g_q τ_q / Q (or its momentum or Adam step) times −η
         and the rank scale: the coefficients of all matrices in one buffer (`coefficient_order`), a few launches
         for the optimizer and one per U shape for the products, where a multi-tensor launch over
         146 tensors of r numbers cost the host about 0.5 ms (OPT-1.3B, H100)."""
-        period = self.period(step)
-        taus = [
-            torch.cat([self.tau(i, self.like(i), step, q) for i in self.coefficient_order]).float() for q in range(len(grads))
-        ]
-        coeffs = combine([[tau] for tau in taus], grads)[0]
+        coeffs = combine([[self.flat_taus(step, q)] for q in range(len(grads))], grads)[0]
         if self.optim.name != "sgd":
             coeffs = self.factor_step(coeffs, step)
-        updates: dict[int, torch.Tensor] = {}
-        offset = 0
-        for group, u in zip(self.groups, self.stacked_u(period)):
+        products, offset = [], 0
+        for group, u in zip(self.groups, self.stacked_u(self.period(step))):
             size = len(group) * u.shape[-1]
             scaled = coeffs[offset:offset + size].mul(-lr * self.rank_scale(group[0])).view(len(group), 1, -1)
-            updates.update(zip(group, (u * scaled).unbind()))  # fp32
+            products.append((u * scaled).reshape(-1))  # fp32, the group's matrices end to end
             offset += size
-        return [updates[index] for index in self.ranks]
+        flat = torch.cat(products)
+        return [self.gathered(flat, self.coefficient_order, segment) for segment in self.segments]
 
     def factor_step(self, coeffs: torch.Tensor, step: int) -> torch.Tensor:
         """Momentum or Adam on the coefficients c_t = g_t τ_t of every matrix at once (one
