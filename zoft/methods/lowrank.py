@@ -43,6 +43,7 @@ class LowRankMethod(ZOMethod):
         self._hooked_by_scale: dict[float, list[int]] = {}  # rank scale -> its hooked matrices, together in `order`
         self._layouts: dict[tuple, object] = {}  # made once: `segment_scales`, `factor_shapes`, `gathered`'s indices
         self._update_rooms: dict[int, tuple] = {}  # segment -> (key, room, pass) of `add_factored_in_place`
+        self._stacked: tuple[int, list[torch.Tensor]] | None = None  # (period, `stacked_first`)
         super().__init__(*args, **kwargs)
         per_layer = load_rank_file(self.cfg.rank) if isinstance(self.cfg.rank, str) else {}
         default = per_layer.get("default", self.cfg.rank)
@@ -105,6 +106,30 @@ class LowRankMethod(ZOMethod):
         for index in self.ranks:
             by_kind.setdefault((self.params[index][1].device, self.like(index).dtype), []).append(index)
         return list(by_kind.values())
+
+    @functools.cached_property
+    def shape_groups(self) -> list[list[int]]:
+        """The matrices by (device, dtype, rows, rank): a group's first factors stack into one
+        (G, m, r) tensor (`stacked_first`), so that a step's products by them are one launch a
+        group, not one a matrix (OPT-1.3B: 3 groups of its 146 matrices)."""
+        by_shape: dict[tuple, list[int]] = {}
+        for index in self.ranks:
+            like = self.like(index)
+            by_shape.setdefault((self.params[index][1].device, like.dtype, like.shape[0], self.rank(index)), []).append(index)
+        return list(by_shape.values())
+
+    def stacked_first(self, period: int, pair: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """The first of each matrix's periodic pair `pair(index, period)` (TeZO's U, SubZO's P)
+        stacked per `shape_groups` group, made once a period; the matrices' own become views of
+        the stack (no second copy)."""
+        if self._stacked is None or self._stacked[0] != period:
+            stacked = []
+            for group in self.shape_groups:
+                stacked.append(torch.stack([pair(index, period)[0] for index in group]))
+                for index, first in zip(group, stacked[-1].unbind()):
+                    self._periodic[index] = (period, (first, self._periodic[index][1][1]))
+            self._stacked = (period, stacked)
+        return self._stacked[1]
 
     def segment_scales(self, segment: list[int]) -> float | torch.Tensor:
         """The rank scale of each matrix of `segment`, per element of its flat factors: one number

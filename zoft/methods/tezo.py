@@ -26,14 +26,9 @@ class TeZO(LowRankMethod):
                 f"optim.name: tezo's {self.optim.name} keeps every matrix's coefficients in one buffer, and model.device_map "
                 f"put its matrices on {len(devices)} devices; use optim.name=sgd or one GPU"
             )
-        # the matrices in groups of one U shape (m, r): a group's U diag(c) is one launch, its
-        # coefficients consecutive in the buffers (every matrix's r of them end to end)
-        shapes: dict[tuple[int, int], list[int]] = {}
-        for index in self.ranks:
-            shapes.setdefault((self.like(index).shape[0], self.rank(index)), []).append(index)
-        self.groups = list(shapes.values())
-        self.coefficient_order = [index for group in self.groups for index in group]
-        self._stacked: tuple[int, list[torch.Tensor]] | None = None  # (period, each group's U stacked)
+        # the coefficients of a U shape group (`shape_groups`) consecutive in the buffers (every
+        # matrix's r of them end to end), so that a group's U diag(c) is one launch
+        self.coefficient_order = [index for group in self.shape_groups for index in group]
         self.coefficient_moments: dict[str, torch.Tensor] = {}  # "m" (and "v" for Adam): every matrix's moments end to end
         self.factor_moments: dict[str, torch.Tensor] = {}  # views of `coefficient_moments`, saved by name
         sizes = [self.rank(index) for index in self.coefficient_order]
@@ -51,18 +46,6 @@ class TeZO(LowRankMethod):
             shapes = ((w.shape[0], self.rank(index)), (w.shape[1], self.rank(index)))
             return tuple(gaussian(shape, w, self.seed, period, index, BASIS, side) for side, shape in enumerate(shapes))
         return self.periodic(index, period, draw)
-
-    def stacked_u(self, period: int) -> list[torch.Tensor]:
-        """Each group's U of a period stacked (G, m, r), made once a period; the matrices' U then
-        become views of it (no second copy)."""
-        if self._stacked is None or self._stacked[0] != period:
-            stacked = []
-            for group in self.groups:
-                stacked.append(torch.stack([self.basis(i, self.like(i), period)[0] for i in group]))
-                for index, u in zip(group, stacked[-1].unbind()):
-                    self._periodic[index] = (period, (u, self._periodic[index][1][1]))
-            self._stacked = (period, stacked)
-        return self._stacked[1]
 
     def basis_of(self, index, w, period):
         return self.basis(index, w, period)[1]
@@ -93,7 +76,7 @@ class TeZO(LowRankMethod):
         if self.optim.name != "sgd":
             coeffs = self.factor_step(coeffs, step)
         products, offset = [], 0
-        for group, u in zip(self.groups, self.stacked_u(self.period(step))):
+        for group, u in zip(self.shape_groups, self.stacked_first(self.period(step), lambda i, k: self.basis(i, self.like(i), k))):
             size = len(group) * u.shape[-1]
             scaled = coeffs[offset:offset + size].mul(-lr * self.rank_scale(group[0])).view(len(group), 1, -1)
             products.append((u * scaled).reshape(-1))  # fp32, the group's matrices end to end
