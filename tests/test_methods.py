@@ -281,6 +281,7 @@ def test_a_low_rank_step_makes_three_weight_passes_and_draws_each_direction_once
     """In place, the last restore and the update share one addmm per matrix: the losses,
     projected gradients and weights of steps that restore by copy and update apart, to fp32
     rounding (which the finite differences magnify: ulp(L)/ε in a projected gradient)."""
+    import zoft.methods.lowrank as lowrank_module
     import zoft.methods.lozo as lozo_module
     import zoft.methods.subzo as subzo_module
     import zoft.methods.tezo as tezo_module
@@ -298,7 +299,7 @@ def test_a_low_rank_step_makes_three_weight_passes_and_draws_each_direction_once
             return addmm(t, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, "addmm_", counted_addmm)
-        for module in (lozo_module, subzo_module, tezo_module):
+        for module in (lowrank_module, lozo_module, subzo_module, tezo_module):
             real = module.gaussian
             monkeypatch.setattr(module, "gaussian", lambda *a, real=real, draws=draws, **k: (draws.append(1), real(*a, **k))[1])
         results, per_step = [], []

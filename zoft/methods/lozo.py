@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from zoft.engine.rng import BASIS, DIRECTION, gaussian
+from zoft.engine.rng import BASIS, gaussian
 from zoft.methods.base import METHODS, combine, moving_average_
 from zoft.methods.lowrank import LowRankMethod
 
@@ -36,8 +36,9 @@ class LOZO(LowRankMethod):
         return gaussian((w.shape[1], self.rank(index)), w, self.seed, k, index, BASIS)
 
     def u(self, index: int, w: torch.Tensor, step: int, query: int) -> torch.Tensor:
-        draw = lambda: gaussian((w.shape[0], self.rank(index)), w, self.seed, step, query, index, DIRECTION)  # noqa: E731
-        return self.drawn(("u", index, query), step, draw)
+        """U (m×r) of (step, query): every matrix's drawn at once (`fresh`)."""
+        shapes = lambda: [(i, (self.like(i).shape[0], self.rank(i))) for i in self.ranks]  # noqa: E731
+        return self.drawn(("u", query), step, lambda: self.fresh("u", step, query, shapes()))[index]
 
     def period(self, step: int) -> int:
         return step // self.cfg.lazy_interval

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from zoft.engine.rng import BASIS, DIRECTION, gaussian
+from zoft.engine.rng import BASIS, gaussian
 from zoft.methods.base import METHODS, combine
 from zoft.methods.functional import concatenated
 from zoft.methods.lowrank import LowRankMethod
@@ -33,8 +33,9 @@ class SubZO(LowRankMethod):
         return self.subspace(index, w, period)[1]
 
     def s(self, index: int, w: torch.Tensor, step: int, query: int) -> torch.Tensor:
-        draw = lambda: gaussian((self.rank(index), self.rank(index)), w, self.seed, step, query, index, DIRECTION)  # noqa: E731
-        return self.drawn(("s", index, query), step, draw)
+        """S (r×r) of (step, query): every matrix's drawn at once (`fresh`)."""
+        shapes = lambda: [(i, (self.rank(i), self.rank(i))) for i in self.ranks]  # noqa: E731
+        return self.drawn(("s", query), step, lambda: self.fresh("s", step, query, shapes()))[index]
 
     def scale(self, index: int, w: torch.Tensor) -> float:
         return math.sqrt(w.shape[0] * w.shape[1]) / self.rank(index)

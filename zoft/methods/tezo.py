@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from zoft.engine.rng import BASIS, DIRECTION, gaussian
+from zoft.engine.rng import BASIS, gaussian
 from zoft.errors import ZoftError
 from zoft.methods.base import METHODS, adam_denominators, combine, moving_average_
 from zoft.methods.lowrank import LowRankMethod
@@ -47,15 +47,31 @@ class TeZO(LowRankMethod):
             return tuple(gaussian(shape, w, self.seed, period, index, BASIS, side) for side, shape in enumerate(shapes))
         return self.periodic(index, period, draw)
 
+    def stacked_u(self, period: int) -> list[torch.Tensor]:
+        """Each shape group's U of a period, stacked (G, m, r)."""
+        return self.stacked_first(period, lambda i, k: self.basis(i, self.like(i), k))
+
     def basis_of(self, index, w, period):
         return self.basis(index, w, period)[1]
 
     def tau(self, index: int, w: torch.Tensor, step: int, query: int) -> torch.Tensor:
-        return self.drawn(("tau", index, query), step, lambda: gaussian((self.rank(index),), w, self.seed, step, query, index, DIRECTION))
+        """τ (r) of (step, query): every matrix's drawn at once (`fresh`), in `coefficient_order`."""
+        shapes = lambda: [(i, (self.rank(i),)) for i in self.coefficient_order]  # noqa: E731
+        return self.drawn(("tau", query), step, lambda: self.fresh("tau", step, query, shapes()))[index]
 
     def factors(self, index, w, step, query):
-        u, v = self.basis(index, w, self.period(step))
-        return self.drawn(("a", index, query), step, lambda: u * self.tau(index, w, step, query)), v
+        return self.products(step, query)[index], self.basis(index, w, self.period(step))[1]
+
+    def products(self, step: int, query: int) -> dict[int, torch.Tensor]:
+        """A = U diag(τ) of every matrix at (step, query), made once: one product a U shape group
+        (`stacked_first`), not one a matrix."""
+        def make():
+            out = {}
+            for group, u in zip(self.shape_groups, self.stacked_u(self.period(step))):
+                taus = torch.stack([self.tau(i, self.like(i), step, query) for i in group])
+                out.update(zip(group, (u * taus[:, None, :]).unbind()))
+            return out
+        return self.drawn(("a", query), step, make)
 
     def flat_taus(self, step: int, query: int) -> torch.Tensor:
         """τ of every matrix at (step, query), end to end in `coefficient_order` (fp32), made once a
@@ -76,7 +92,7 @@ class TeZO(LowRankMethod):
         if self.optim.name != "sgd":
             coeffs = self.factor_step(coeffs, step)
         products, offset = [], 0
-        for group, u in zip(self.shape_groups, self.stacked_first(self.period(step), lambda i, k: self.basis(i, self.like(i), k))):
+        for group, u in zip(self.shape_groups, self.stacked_u(self.period(step))):
             size = len(group) * u.shape[-1]
             scaled = coeffs[offset:offset + size].mul(-lr * self.rank_scale(group[0])).view(len(group), 1, -1)
             products.append((u * scaled).reshape(-1))  # fp32, the group's matrices end to end
