@@ -201,6 +201,19 @@ def test_mezo_momentum_and_adam_equal_a_dense_reference():
         assert method.state_dict()["m.w"].shape == (6, 5)  # full size, as SPEC says
 
 
+def test_room_first_made_inside_a_forward_can_be_written_after_it():
+    """Rooms for draws (`flat_like`) may be made first inside a forward's inference mode (a doubled
+    batch's directions), then written by the update outside it."""
+    from zoft.methods.base import flat_like
+
+    with torch.inference_mode():
+        flats, views = flat_like([torch.zeros(3), torch.zeros(2, 2, dtype=torch.float64)])
+    for flat in flats:
+        flat.zero_()
+    views[1].add_(1.0)
+    assert views[1].sum() == 4 and flats[1].sum() == 4
+
+
 def test_sgd_decays_matrices_but_not_vectors():
     params = fresh_params()
     before = [p.clone() for _, p in params]

@@ -131,11 +131,14 @@ def adam_denominators(
 def flat_like(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Zeroed room for `tensors`: one flat buffer per (device, dtype), and a view of it shaped as
     each tensor, in order. An op on the buffers replaces a multi-tensor op over the tensors, which
-    costs the host an allocation per tensor when it makes new ones (hundreds of biases and norms)."""
+    costs the host an allocation per tensor when it makes new ones (hundreds of biases and norms).
+    The room is state kept between steps: made as a normal tensor even when first asked for inside
+    a forward's inference mode, which would forbid writing it in place outside one."""
     sizes: dict[tuple, int] = {}
     for t in tensors:
         sizes[t.device, t.dtype] = sizes.get((t.device, t.dtype), 0) + t.numel()
-    flats = {key: torch.zeros(size, device=key[0], dtype=key[1]) for key, size in sizes.items()}
+    with torch.inference_mode(False):
+        flats = {key: torch.zeros(size, device=key[0], dtype=key[1]) for key, size in sizes.items()}
     offsets = dict.fromkeys(sizes, 0)
     views = []
     for t in tensors:
