@@ -34,8 +34,9 @@ class MethodConfig:
 
     noise: Literal["auto", "torch", "triton"] = knob(
         "auto",
-        "how dense Gaussian directions are drawn and added: triton = one fused kernel per tensor (no "
-        "temporary, one pass); torch = torch.randn then add_; auto = triton on CUDA when it imports. "
+        "how Gaussian noise is drawn: dense directions, and the low-rank methods' fresh factors (U, tau, S). "
+        "triton = a fused kernel (a dense z drawn and added in one pass, no temporary; every matrix's factor "
+        "in one launch); torch = torch.randn then add_; auto = triton on CUDA when it imports. "
         "The two draw different, equally Gaussian streams",
     )
 
