@@ -146,7 +146,7 @@ def bench_shape(
             result = measure_built(build, params, loss_fn, steps, device, weights, graphs)  # sets row["path"]
             rows.append({**row, **result})
             print(json.dumps(rows[-1]), flush=True)
-    del model, params
+    model = params = None  # free the weights before the next shape (the closures above are done with them)
     gc.collect()
     torch.cuda.empty_cache()
     return rows
