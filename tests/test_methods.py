@@ -11,6 +11,7 @@ from zoft.config.methods import METHOD_CONFIGS
 from zoft.config.schema import OptimConfig
 from zoft.engine import kernels
 from zoft.engine.noise import available
+from zoft.engine.rng import DIRECTION
 from zoft.methods import METHODS
 from zoft.methods.adazeta import query_schedule
 
@@ -294,7 +295,7 @@ def test_a_low_rank_step_makes_three_weight_passes_and_draws_each_direction_once
     """In place, the last restore and the update share one addmm per matrix: the losses,
     projected gradients and weights of steps that restore by copy and update apart, to fp32
     rounding (which the finite differences magnify: ulp(L)/ε in a projected gradient)."""
-    import zoft.methods.lowrank as lowrank_module
+    import zoft.engine.noise as noise_module
     import zoft.methods.lozo as lozo_module
     import zoft.methods.subzo as subzo_module
     import zoft.methods.tezo as tezo_module
@@ -312,14 +313,14 @@ def test_a_low_rank_step_makes_three_weight_passes_and_draws_each_direction_once
             return addmm(t, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, "addmm_", counted_addmm)
-        for module in (lowrank_module, lozo_module, subzo_module, tezo_module):
+        for module in (noise_module, lozo_module, subzo_module, tezo_module):  # keys tell the matrix's draws from the bias's
             real = module.gaussian
-            monkeypatch.setattr(module, "gaussian", lambda *a, real=real, draws=draws, **k: (draws.append(1), real(*a, **k))[1])
+            monkeypatch.setattr(module, "gaussian", lambda *a, real=real, draws=draws, **k: (draws.append(a[2:]), real(*a, **k))[1])
         results, per_step = [], []
         for step in range(6):
             passes.clear(), draws.clear()
             results.append(method.step(loss, step, 1e-4))
-            per_step.append((sum(passes), len(draws)))
+            per_step.append((sum(passes), sum(1 for keys in draws if len(keys) == 5 and keys[3] == 0 and keys[4] == DIRECTION)))
         monkeypatch.undo()
         runs[folded] = results, [p.clone() for _, p in params], per_step
     (plain, plain_weights, _), (folded, folded_weights, per_step) = runs[False], runs[True]

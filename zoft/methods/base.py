@@ -204,7 +204,7 @@ class ZOMethod(Method):
             self.optim, [(n, p) for n, p in self.params if self.is_dense(p)], [self.params[i] for i, _ in self.group]
         )
         self._drawn: dict[int, dict[tuple, object]] = {}  # step -> what `drawn` drew for it
-        self._group_buffers: dict[tuple[int, int], tuple] = {}  # (step parity, query): `flat_like` room for the group's z
+        self._rooms: dict[tuple, tuple] = {}  # (kind, step parity, query) -> `flat_like` room of `fresh`
         self.device = self.params[0][1].device if self.params else torch.device("cpu")  # of the trained tensors
         self.noise = noise.resolve(self.cfg.noise, self.device)
         if self.noise == "triton" and not noise.available():
@@ -314,18 +314,26 @@ class ZOMethod(Method):
         return self.drawn(("group", query), step, lambda: self._draw_group(step, query))[0]
 
     def _draw_group(self, step: int, query: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The grouped tensors' z, into (buffers, views) kept for the query: with the fused kernel
-        two launches (the same z as `noise.gaussian_like`, which takes two launches per tensor)."""
-        key = (step % 2, query)  # two steps' sets: a step's and the prefetched next one's
-        if key not in self._group_buffers:
-            self._group_buffers[key] = flat_like([p for _, p in self.group])
-        flats, views = self._group_buffers[key]
+        """The grouped tensors' z (the same z as `noise.gaussian_like`, which takes two launches per tensor)."""
+        return self.fresh("group", step, query, self.group)
+
+    def fresh(self, kind: str, step: int, query: int, members: list[tuple[int, torch.Tensor]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """N(0, 1) tensors shaped as each (index, tensor) of `members`, from the streams
+        `dense_keys(index, step, query)`, into room kept per (kind, step parity, query): its flat
+        buffers and their views (`flat_like`). With the fused kernel two launches for all (the
+        kernel's tables then built once), else a `gaussian` each, copied in. Two steps' sets: a
+        step's and the prefetched next one's."""
+        room = (kind, step % 2, query)
+        if room not in self._rooms:
+            self._rooms[room] = flat_like([t for _, t in members])
+        flats, views = self._rooms[room]
+        keys = [self.dense_keys(index, step, query) for index, _ in members]
         if self.noise != "triton":
-            for (i, p), z in zip(self.group, views):
-                z.copy_(noise.gaussian_like(p, self.dense_keys(i, step, query), self.noise))
+            for z, key in zip(views, keys):
+                z.copy_(noise.gaussian_like(z, key, self.noise))
             return flats, views
         torch._foreach_zero_(flats)
-        self.add_dense_many([(i, z) for (i, _), z in zip(self.group, views)], step, query, 1.0)
+        noise.add_gaussian_many_(views, 1.0, keys, self.noise)
         return flats, views
 
     def perturb_group(self, step: int, query: int, scale: float) -> None:

@@ -18,10 +18,9 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 
 from zoft.config.methods import load_rank_file
-from zoft.engine import lowrank_add, noise
-from zoft.engine.rng import DIRECTION, gaussian
+from zoft.engine import lowrank_add
 from zoft.errors import ZoftError
-from zoft.methods.base import Pending, ZOMethod, flat_like, matrix
+from zoft.methods.base import Pending, ZOMethod, matrix
 from zoft.methods.functional import FunctionalPath, Unsupported, concatenated
 from zoft.models.quantize import is_quantized, logical_shape
 
@@ -45,7 +44,6 @@ class LowRankMethod(ZOMethod):
         self._layouts: dict[tuple, object] = {}  # made once: `segment_scales`, `factor_shapes`, `gathered`'s indices
         self._update_rooms: dict[int, tuple] = {}  # segment -> (key, room, pass) of `add_factored_in_place`
         self._stacked: tuple[int, list[torch.Tensor]] | None = None  # (period, `stacked_first`)
-        self._rooms: dict[tuple, tuple] = {}  # (kind, step parity, query) -> `flat_like` room of `fresh`
         super().__init__(*args, **kwargs)
         per_layer = load_rank_file(self.cfg.rank) if isinstance(self.cfg.rank, str) else {}
         default = per_layer.get("default", self.cfg.rank)
@@ -173,24 +171,13 @@ class LowRankMethod(ZOMethod):
             ])
         return flat[self._layouts[key]]
 
-    def fresh(self, kind: str, step: int, query: int, shapes: list[tuple[int, tuple[int, ...]]]) -> dict[int, torch.Tensor]:
-        """A step's fresh N(0, 1) factors (LOZO's U, TeZO's τ, SubZO's S) of shape `shapes[k][1]`
-        for each matrix `shapes[k][0]`, from the stream (seed, step, query, matrix) of `kind`'s
-        draws, all at once: with the fused noise kernel (`method.noise`) two launches in all, into
-        room kept per step parity and query (so that its tables are built once); else a
-        `gaussian` each. A `torch.randn` per matrix (with its generator reseeded) cost the host
-        about 3 ms a step on OPT-1.3B's 146 matrices, more than a batch-4 forward leaves it."""
-        keys = [(self.seed, step, query, index, DIRECTION) for index, _ in shapes]
-        if self.noise != "triton":
-            return {index: gaussian(shape, self.like(index), *key) for (index, shape), key in zip(shapes, keys)}
-        room = (kind, step % 2, query)  # two steps' sets: a step's and the prefetched next one's
-        if room not in self._rooms:
-            self._rooms[room] = flat_like([torch.empty(shape, dtype=self.like(i).dtype, device=self.params[i][1].device) for i, shape in shapes])
-        flats, views = self._rooms[room]
-        for flat in flats:
-            flat.zero_()
-        noise.add_gaussian_many_(views, 1.0, keys, self.noise)
-        return dict(zip([index for index, _ in shapes], views))
+    def fresh_factors(self, kind: str, step: int, query: int, shapes: list[tuple[int, tuple[int, ...]]]) -> dict[int, torch.Tensor]:
+        """A step's fresh N(0, 1) factors (LOZO's U, TeZO's τ, SubZO's S), `shapes` giving each
+        matrix's (index, shape), all at once (`fresh`: with the fused noise kernel two launches in
+        all). A `torch.randn` per matrix, its generator reseeded, cost the host about 3 ms a step
+        on OPT-1.3B's 146 matrices, more than a batch-4 forward leaves to hide it."""
+        members = [(i, torch.empty((), dtype=self.like(i).dtype, device=self.params[i][1].device).expand(shape)) for i, shape in shapes]
+        return dict(zip([index for index, _ in shapes], self.fresh(kind, step, query, members)[1]))
 
     def flat_factors(self, step: int, query: int, number: int) -> torch.Tensor:
         """A of every matrix of segment `number` at (step, query), end to end, made once a query
@@ -338,8 +325,8 @@ class LowRankMethod(ZOMethod):
         if not self.plain_sgd() and self.ranks:
             flats = self.update_factors(step, grads, lr)
             if self.functional is not None:
-                whole = flats[0] if len(flats) == 1 else torch.cat(flats)
-                self.functional.accumulate(self.gathered(whole, list(self.ranks), self.functional.order))
+                whole = flats[0] if len(flats) == 1 else torch.cat(flats)  # the segments end to end
+                self.functional.accumulate(self.gathered(whole, [i for segment in self.segments for i in segment], self.functional.order))
             self.add_factored_in_place(step, flats, lr, undo)
         for index, name, p in self.alone():
             if self.is_dense(p):

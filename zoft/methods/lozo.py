@@ -38,7 +38,7 @@ class LOZO(LowRankMethod):
     def u(self, index: int, w: torch.Tensor, step: int, query: int) -> torch.Tensor:
         """U (m×r) of (step, query): every matrix's drawn at once (`fresh`)."""
         shapes = lambda: [(i, (self.like(i).shape[0], self.rank(i))) for i in self.ranks]  # noqa: E731
-        return self.drawn(("u", query), step, lambda: self.fresh("u", step, query, shapes()))[index]
+        return self.drawn(("u", query), step, lambda: self.fresh_factors("u", step, query, shapes()))[index]
 
     def period(self, step: int) -> int:
         return step // self.cfg.lazy_interval

@@ -35,7 +35,7 @@ class SubZO(LowRankMethod):
     def s(self, index: int, w: torch.Tensor, step: int, query: int) -> torch.Tensor:
         """S (r×r) of (step, query): every matrix's drawn at once (`fresh`)."""
         shapes = lambda: [(i, (self.rank(i), self.rank(i))) for i in self.ranks]  # noqa: E731
-        return self.drawn(("s", query), step, lambda: self.fresh("s", step, query, shapes()))[index]
+        return self.drawn(("s", query), step, lambda: self.fresh_factors("s", step, query, shapes()))[index]
 
     def scale(self, index: int, w: torch.Tensor) -> float:
         return math.sqrt(w.shape[0] * w.shape[1]) / self.rank(index)

@@ -57,7 +57,7 @@ class TeZO(LowRankMethod):
     def tau(self, index: int, w: torch.Tensor, step: int, query: int) -> torch.Tensor:
         """τ (r) of (step, query): every matrix's drawn at once (`fresh`), in `coefficient_order`."""
         shapes = lambda: [(i, (self.rank(i),)) for i in self.coefficient_order]  # noqa: E731
-        return self.drawn(("tau", query), step, lambda: self.fresh("tau", step, query, shapes()))[index]
+        return self.drawn(("tau", query), step, lambda: self.fresh_factors("tau", step, query, shapes()))[index]
 
     def factors(self, index, w, step, query):
         return self.products(step, query)[index], self.basis(index, w, self.period(step))[1]
