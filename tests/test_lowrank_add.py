@@ -73,3 +73,26 @@ def test_in_place_steps_with_the_kernel_follow_those_with_addmm(name, optim):
     (losses, weights), (fused_losses, fused_weights) = runs
     assert fused_losses == pytest.approx(losses, rel=1e-2)
     torch.testing.assert_close(fused_weights, weights, rtol=0, atol=4 * torch.finfo(DTYPE).eps * weights.abs().max().item())
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2 or not COMPILED, reason="needs two GPUs")
+def test_matrices_and_draws_on_two_gpus_launch_each_on_its_own():
+    """A model spread over GPUs (model.device_map): a pass over matrices of two devices, and the
+    noise kernel's draws into tensors of both, each launched on its tensors' device."""
+    from zoft.engine.noise import add_gaussian_many_
+
+    shapes = [(64, 48, 2), (40, 24, 3), (64, 48, 2), (8, 16, 1)]
+    fused, eager = matrices(shapes), matrices(shapes)
+    for group in (fused, eager):
+        group[:] = [tuple(t.to(f"cuda:{i % 2}") for t in triple) for i, triple in enumerate(group)]
+    alphas = [0.5, -1.0, 2.0, 0.25]
+    lowrank_add.add_lowrank_many_(*map(list, zip(*fused)), alphas, fused=True)
+    for (w, a, b), alpha in zip(eager, alphas):
+        w.addmm_(a, b.T, alpha=alpha)
+    assert all(one_ulp_at_most(f[0], e[0]) for f, e in zip(fused, eager))
+    zs = [torch.zeros(1000, device=f"cuda:{i % 2}") for i in range(4)]
+    add_gaussian_many_(zs, 1.0, [(1, 2, 3, i) for i in range(4)], "triton")
+    single = [torch.zeros(1000, device=f"cuda:{i % 2}") for i in range(4)]
+    for i, z in enumerate(single):
+        add_gaussian_many_([z], 1.0, [(1, 2, 3, i)], "triton")
+    assert all(torch.equal(a, b) and 0.8 < float(a.std()) < 1.2 for a, b in zip(zs, single))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -23,6 +24,12 @@ def to_device(table: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A kernel's small host table (addresses, seeds) on `device` without waiting for the GPU:
     pinned, copied asynchronously."""
     return table.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else table
+
+
+def on(device: torch.device):
+    """Where a kernel launches: Triton launches on the current CUDA device, whatever its tensors'
+    device (a context manager; nothing to switch on the CPU)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def triton_dtype(dtype: torch.dtype):

@@ -73,10 +73,11 @@ class LowRankPass:
         block_m, block_n, warps = tiles()
         for members, dtype, device, table, layout in self.launches:
             scales = kernels.to_device(torch.tensor([alphas[i] for i in members], dtype=torch.float32), device)
-            _kernel()[(table.tiles,)](
-                table.weights, layout, table.rows, table.cols, table.ranks, scales, table.matrix_of, table.tile_m_of, table.tile_n_of,
-                DTYPE=kernels.triton_dtype(dtype), R=table.max_rank, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
-            )
+            with kernels.on(device):  # a model spread over GPUs (model.device_map): each group on its own
+                _kernel()[(table.tiles,)](
+                    table.weights, layout, table.rows, table.cols, table.ranks, scales, table.matrix_of, table.tile_m_of, table.tile_n_of,
+                    DTYPE=kernels.triton_dtype(dtype), R=table.max_rank, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+                )
 
 
 class _Tiles:

@@ -60,13 +60,14 @@ def fused(x, weight, bias, basis, factors, half=None, shift=None, shift_scale=0.
     y = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
     out = y.view(m, n)
     block_m, block_n, warps = tiles or (INTERPRETED if kernels.interpreted() else TILES)
-    _kernel()[(triton.cdiv(m, block_m), triton.cdiv(n, block_n))](
-        out, bias if bias is not None else out, xb, factors, shift if shift is not None else out,
-        m, n, m if half is None else half, basis.shape[1], float(shift_scale),
-        out.stride(0), xb.stride(0), xb.stride(1), factors.stride(0) if factors.shape[0] > 1 else 0, factors.stride(1), factors.stride(2),
-        HAS_BIAS=bias is not None, HAS_SHIFT=half is not None and shift is not None, DOUBLED=half is not None,
-        R=max(16, triton.next_power_of_2(basis.shape[1])), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
-    )
+    with kernels.on(x.device):
+        _kernel()[(triton.cdiv(m, block_m), triton.cdiv(n, block_n))](
+            out, bias if bias is not None else out, xb, factors, shift if shift is not None else out,
+            m, n, m if half is None else half, basis.shape[1], float(shift_scale),
+            out.stride(0), xb.stride(0), xb.stride(1), factors.stride(0) if factors.shape[0] > 1 else 0, factors.stride(1), factors.stride(2),
+            HAS_BIAS=bias is not None, HAS_SHIFT=half is not None and shift is not None, DOUBLED=half is not None,
+            R=max(16, triton.next_power_of_2(basis.shape[1])), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+        )
     out.addmm_(flat, weight.T)
     return y
 

@@ -59,30 +59,30 @@ def add_gaussian_many_(
 ) -> None:
     """`add_gaussian_(p, alpha, k, backend)` for every (p, k) of `tensors` and `keys`, then, with
     `then` = (alpha2, keys2), `add_gaussian_(p, alpha2, k2, backend)`: the same results, with one
-    kernel launch per dtype for the tensors the kernel takes (a launch costs more than a small
+    kernel launch per dtype and device for the tensors the kernel takes (a launch costs more than a small
     tensor's pass: SmolLM2 has 211 matrices), both terms in one read-write of each tensor."""
     terms = [(a, k) for a, k in [(alpha, keys), then or (0.0, None)] if a]  # a zero term adds nothing
-    fused: dict[torch.dtype, list[int]] = {}
+    fused: dict[tuple, list[int]] = {}
     for i, p in enumerate(tensors):
         if _fused(p, backend):
-            fused.setdefault(p.dtype, []).append(i)
+            fused.setdefault((p.dtype, p.device), []).append(i)
         else:
             for a, k in terms:
                 add_gaussian_(p, a, k[i], backend)
     if not terms:
         return
     (alpha, keys), (alpha2, keys2) = terms[0], terms[-1]
-    for members in fused.values():
+    for (dtype, device), members in fused.items():  # a launch per dtype and device (model.device_map)
         chosen = [tensors[i] for i in members]
-        device = chosen[0].device
         table = _block_table(tuple((p.data_ptr(), p.numel(), p.dtype, p.device) for p in chosen))
         seeds = _seed_table(tuple(keys[i] for i in members), device)
         seeds2 = _seed_table(tuple(keys2[i] for i in members), device)
-        _kernel_many()[(table.blocks,)](
-            table.addresses, table.sizes, seeds, seeds2, table.tensor_of, table.block_of, alpha, alpha2,
-            DTYPE=kernels.triton_dtype(chosen[0].dtype), BLOCK=BLOCK, ROUNDS=ROUNDS, FAST=_fast(device),
-            TWO=len(terms) == 2, num_warps=WARPS,
-        )
+        with kernels.on(device):
+            _kernel_many()[(table.blocks,)](
+                table.addresses, table.sizes, seeds, seeds2, table.tensor_of, table.block_of, alpha, alpha2,
+                DTYPE=kernels.triton_dtype(dtype), BLOCK=BLOCK, ROUNDS=ROUNDS, FAST=_fast(device),
+                TWO=len(terms) == 2, num_warps=WARPS,
+            )
 
 
 class _Blocks:
@@ -122,9 +122,10 @@ def gaussian_like(p: torch.Tensor, keys: tuple[int, ...], backend: str) -> torch
 def _launch(p: torch.Tensor, alpha: float, seed: int) -> None:
     import triton
 
-    _kernel()[(triton.cdiv(p.numel(), BLOCK),)](
-        p, p.numel(), seed, alpha, BLOCK=BLOCK, ROUNDS=ROUNDS, FAST=_fast(p.device), num_warps=WARPS
-    )
+    with kernels.on(p.device):
+        _kernel()[(triton.cdiv(p.numel(), BLOCK),)](
+            p, p.numel(), seed, alpha, BLOCK=BLOCK, ROUNDS=ROUNDS, FAST=_fast(p.device), num_warps=WARPS
+        )
 
 
 def _fast(device: torch.device) -> bool:

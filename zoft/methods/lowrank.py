@@ -37,6 +37,7 @@ class Plan(NamedTuple):
 
 
 class LowRankMethod(ZOMethod):
+    update_reads_factors = False  # whether `update_factors` reads `flat_factors` (LOZO's U), not only the folded undo
     def __init__(self, *args, **kwargs):
         self._periodic: dict[int, tuple[int, object]] = {}  # parameter -> (period, what `periodic` drew)
         self._alone: list[tuple[int, str, torch.Tensor]] | None = None  # `alone()`, for the current path
@@ -394,13 +395,14 @@ class LowRankMethod(ZOMethod):
     def prefetch(self, step: int) -> None:
         """The small dense tensors' z of `step`'s first query, and the matrices' first direction
         when `step` keeps this step's basis (a new basis would push out the one this step's
-        update needs)."""
+        update needs): its in-place pass with the kernel's tables, and with momentum or Adam its
+        factors end to end where the update reads them."""
         if self.group:
             self.group_directions(step, 0)
         if self.period(step) == self.period(step - 1):
             self.plan_pass(step, 0)
-            if not self.plain_sgd():
-                for number in range(len(self.segments)):
+            if not self.plain_sgd() and (self.update_reads_factors or (self.functional is None and not self.optim.weight_decay)):
+                for number in range(len(self.segments)):  # read by the update, or by the undoing folded into it
                     self.flat_factors(step, 0, number)
             if self.functional is not None:
                 self.directions(step, 0)

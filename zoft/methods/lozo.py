@@ -2,7 +2,7 @@
 
 V is drawn from (seed, k, parameter), kept for its period (n×r) and never saved: regenerating it
 is what fixes the official code's replay mismatch on refresh steps (methods.md §3.3). LOZO-M
-keeps the m×r momentum N (fp32).
+keeps the m×r momentum N (at least fp32).
 """
 
 from __future__ import annotations
@@ -16,15 +16,17 @@ from zoft.methods.lowrank import LowRankMethod
 
 @METHODS.register("lozo")
 class LOZO(LowRankMethod):
+    update_reads_factors = True
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.momentum: dict[str, torch.Tensor] = {}  # N (m×r, fp32) of each matrix, by name: views of `momentum_flats`
+        self.momentum: dict[str, torch.Tensor] = {}  # N (m×r, at least fp32) of each matrix, by name: views of `momentum_flats`
         self.momentum_flats: list[torch.Tensor] = []  # one per segment, its matrices' N end to end
         self.momentum_basis = torch.zeros((), dtype=torch.long)  # k of the V that N is expressed against
         if self.optim.name == "momentum":
             for segment in self.segments:
                 size = sum(self.like(i).shape[0] * self.rank(i) for i in segment)
-                self.momentum_flats.append(torch.zeros(size, dtype=torch.float32, device=self.params[segment[0]][1].device))
+                dtype = torch.promote_types(self.like(segment[0]).dtype, torch.float32)  # fp32, or fp64 for an fp64 model
+                self.momentum_flats.append(torch.zeros(size, dtype=dtype, device=self.params[segment[0]][1].device))
                 views = self.split_factors(self.momentum_flats[-1], segment)
                 self.momentum.update((f"N.{self.params[i][0]}", view) for i, view in zip(segment, views))
 

@@ -57,11 +57,12 @@ class SubZO(LowRankMethod):
         return self.drawn(("a", query), step, make)
 
     def group_scales(self, group: list[int]) -> torch.Tensor:
-        """sqrt(mn)/r of each matrix of a shape group, (G, 1, 1) fp32, made once."""
+        """sqrt(mn)/r of each matrix of a shape group, (G, 1, 1), made once."""
         key = ("scales", tuple(group))
         if key not in self._layouts:
             values = [self.scale(i, self.like(i)) for i in group]
-            self._layouts[key] = torch.tensor(values, device=self.params[group[0]][1].device).view(-1, 1, 1)
+            dtype = torch.promote_types(self.like(group[0]).dtype, torch.float32)  # fp32, or fp64 for an fp64 model
+            self._layouts[key] = torch.tensor(values, dtype=dtype, device=self.params[group[0]][1].device).view(-1, 1, 1)
         return self._layouts[key]
 
     def update_factors(self, step, grads, lr):
