@@ -88,6 +88,14 @@ def test_impossible_combinations(tiny):
     assert any(p.startswith("optim.warmup_steps") for p in found)
 
 
+def test_seeds_out_of_the_samplers_range_are_refused(tiny):
+    tiny["run"]["seed"] = 2**32  # found by the fuzzer: a ValueError from inside the data sampler
+    tiny["data"]["seed"] = -1
+    found = problems_of(tiny)
+    assert any(p.startswith("run.seed: must be between 0 and 2**32 - 1") for p in found)
+    assert any(p.startswith("data.seed: must be between 0 and 2**32 - 1") for p in found)
+
+
 def test_missing_files_are_named(tiny, tmp_path):
     tiny["data"]["path"] = str(tmp_path / "nowhere")
     tiny["model"]["name_or_path"] = str(tmp_path / "no-model")

@@ -19,7 +19,8 @@ def check_recipe(r: Recipe) -> list[str]:
         if not ok:
             problems.append(message)
 
-    need(r.run.seed >= 0, "run.seed: must be >= 0")
+    need(0 <= r.run.seed < 2**32, "run.seed: must be between 0 and 2**32 - 1 (the data sampler's generator takes no other)")
+    need(r.data.seed is None or 0 <= r.data.seed < 2**32, "data.seed: must be between 0 and 2**32 - 1 (the sampler's generator takes no other)")
     need(
         r.run.name not in ("", ".", "..") and not any(sep in r.run.name for sep in ("/", "\\")),
         f"run.name: {r.run.name!r} must be a plain folder name (the run writes only inside run.output_dir/run.name)",
