@@ -306,16 +306,16 @@ class ZOMethod(Method):
         return kept[key]
 
     def group_directions(self, step: int, query: int) -> list[torch.Tensor]:
-        """The z of every grouped tensor at (step, query), drawn once (`drawn`)."""
-        return self.drawn(("group", query), step, lambda: self._draw_group(step, query))[1]
+        """The z of every grouped tensor at (step, query), drawn once (`drawn`): the same z as
+        `noise.gaussian_like`, which takes two launches per tensor."""
+        return self._group(step, query)[1]
 
     def group_flats(self, step: int, query: int) -> list[torch.Tensor]:
         """The same z as flat buffers, laid out as `flat_like` lays out the grouped tensors."""
-        return self.drawn(("group", query), step, lambda: self._draw_group(step, query))[0]
+        return self._group(step, query)[0]
 
-    def _draw_group(self, step: int, query: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The grouped tensors' z (the same z as `noise.gaussian_like`, which takes two launches per tensor)."""
-        return self.fresh("group", step, query, self.group)
+    def _group(self, step: int, query: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return self.drawn(("group", query), step, lambda: self.fresh("group", step, query, self.group))
 
     def fresh(self, kind: str, step: int, query: int, members: list[tuple[int, torch.Tensor]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """N(0, 1) tensors shaped as each (index, tensor) of `members`, from the streams

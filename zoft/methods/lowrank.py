@@ -37,7 +37,7 @@ class Plan(NamedTuple):
 
 
 class LowRankMethod(ZOMethod):
-    update_reads_factors = False  # whether `update_factors` reads `flat_factors` (LOZO's U), not only the folded undo
+    update_reads_factors = False  # whether `update_factors` reads a segment's `flat_factors` (LOZO's U), not only the folded undo
     def __init__(self, *args, **kwargs):
         self._periodic: dict[int, tuple[int, object]] = {}  # parameter -> (period, what `periodic` drew)
         self._alone: list[tuple[int, str, torch.Tensor]] | None = None  # `alone()`, for the current path
@@ -180,11 +180,12 @@ class LowRankMethod(ZOMethod):
         members = [(i, torch.empty((), dtype=self.like(i).dtype, device=self.params[i][1].device).expand(shape)) for i, shape in shapes]
         return dict(zip([index for index, _ in shapes], self.fresh(kind, step, query, members)[1]))
 
-    def flat_factors(self, step: int, query: int, number: int) -> torch.Tensor:
-        """A of every matrix of segment `number` at (step, query), end to end, made once a query
-        (ahead, by `prefetch`): LOZO's update reads it, and so does the undoing folded into it."""
-        segment = self.segments[number]
-        return self.drawn(("flat", number, query), step, lambda: concatenated([self.factors(i, self.like(i), step, query)[0] for i in segment]))
+    def flat_factors(self, step: int, query: int, indices: list[int]) -> torch.Tensor:
+        """A of matrices `indices` at (step, query), end to end, made once a query per order (ahead,
+        by `prefetch`): a segment's for LOZO's update and the undoing folded into it, the hooks'
+        `order` for the functional path (`directions`), one tensor where the two orders agree."""
+        draw = lambda: concatenated([self.factors(i, self.like(i), step, query)[0] for i in indices])  # noqa: E731
+        return self.drawn(("flat", tuple(indices), query), step, draw)
 
     def rank_scale(self, index: int) -> float:
         """1/r for estimators normalized to be unbiased (SPEC: lozo, tezo), else 1."""
@@ -347,13 +348,13 @@ class LowRankMethod(ZOMethod):
         host time a step while the GPU waited."""
         plan = self.plan(step, undo[0] if undo is not None else 0)  # each matrix's W, B and undone A
         position = {index: k for k, index in enumerate(plan.indices)}
-        for number, (segment, flat) in enumerate(zip(self.segments, flats)):
+        for number, (segment, flat) in enumerate(zip(self.segments, flats)):  # `number` keys the room
             moved = [index for index in segment if index in position]
             if not moved:
                 continue
             summed = self.gathered(flat, segment, moved).float()
             if undo is not None:
-                summed -= undo[1] * self.cfg.eps * self.gathered(self.flat_factors(step, undo[0], number), segment, moved).float()
+                summed -= undo[1] * self.cfg.eps * self.gathered(self.flat_factors(step, undo[0], segment), segment, moved).float()
             key = (self.period(step), tuple(moved))
             if self._update_rooms.get(number, (None,))[0] != key:
                 room = torch.empty_like(summed, dtype=plan.weights[position[moved[0]]].dtype)
@@ -402,8 +403,8 @@ class LowRankMethod(ZOMethod):
         if self.period(step) == self.period(step - 1):
             self.plan_pass(step, 0)
             if not self.plain_sgd() and (self.update_reads_factors or (self.functional is None and not self.optim.weight_decay)):
-                for number in range(len(self.segments)):  # read by the update, or by the undoing folded into it
-                    self.flat_factors(step, 0, number)
+                for segment in self.segments:  # read by the update, or by the undoing folded into it
+                    self.flat_factors(step, 0, segment)
             if self.functional is not None:
                 self.directions(step, 0)
 
@@ -450,10 +451,8 @@ class LowRankMethod(ZOMethod):
 
     def directions(self, step: int, query: int) -> torch.Tensor:
         """A of every hooked matrix for one query, end to end in the hooks' `order` (B is the
-        period's basis on the hooks), built once a query (`drawn`)."""
-        order = self.functional.order
-        return self.drawn(("directions", query), step, lambda: concatenated([self.factors(i, self.like(i), step, query)[0] for i in order]))
-
+        period's basis on the hooks), built once a query (`flat_factors`)."""
+        return self.flat_factors(step, query, self.functional.order)
     def pairs(self, loss_fn) -> bool:
         """Whether this step's ±ε passes share one doubled forward."""
         choice = self.cfg.paired_forward

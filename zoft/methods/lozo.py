@@ -58,7 +58,7 @@ class LOZO(LowRankMethod):
         flats = []
         for number, segment in enumerate(self.segments):
             likes = [self.like(i) for i in segment]
-            us = [self.flat_factors(step, q, number) for q in range(len(grads))]  # every matrix's U end to end
+            us = [self.flat_factors(step, q, segment) for q in range(len(grads))]  # every matrix's U end to end
             factors = combine([[u] for u in us], grads)[0]
             if self.optim.name == "momentum":
                 n_flat, old = self.momentum_flats[number], int(self.momentum_basis)
