@@ -6,9 +6,9 @@ doubled batch of `rows` rows, its halves at +ε and −ε (paired_forward):
   cuBLAS          F.linear, what a plain forward spends on the layer (over each half, when doubled);
   eager terms     F.linear, then x·B and the rank-r products added to y (and the second half's
                   bias correction): the hooks;
-  fused           zoft's layer (engine/lowrank_linear.py): the terms and the bias written by a
-                  Triton kernel, then cuBLAS adds x·Wᵀ to them (addmm_, β = 1); the best of the
-                  tile configs, and the default's time.
+  fused           zoft's layer (engine/lowrank_linear.py): (x B)ᵀ by cuBLAS, then one persistent
+                  Triton GEMM adding the term, the bias and the correction in its epilogue; the
+                  best of the tile configs, and the default's time.
 Each is recorded in a CUDA graph and replayed, so that the host's launch time is not counted.
 
     python benchmarks/lowrank_linear.py --rows 4096,8192 --out bench-lr
@@ -29,8 +29,12 @@ from zoft.engine.graphs import record
 LAYERS = {
     "opt-1.3b": [(2048, 2048), (2048, 8192), (8192, 2048)],
     "llama-7b": [(4096, 4096), (4096, 11008), (11008, 4096)],
+    "opt-13b": [(5120, 5120), (5120, 20480), (20480, 5120)],
 }
-TILES = [(64, 128, 4), (128, 128, 4), (64, 256, 4), (128, 256, 8), (32, 128, 4)]
+TILES = [  # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages, split store)
+    (128, 256, 64, 8, 8, 3, True), (128, 256, 64, 8, 8, 3, False), (128, 128, 64, 8, 4, 4, True),
+    (128, 128, 64, 8, 8, 4, True), (64, 256, 64, 8, 4, 4, True), (128, 256, 64, 16, 8, 3, True),
+]
 
 
 def timed(fn, reps: int) -> float:

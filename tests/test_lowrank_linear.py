@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(
     [
         (40, 48, 40, 8, False, True, False),  # one factor; rows not a multiple of a tile
         (64, 32, 48, 4, True, True, True),  # a doubled batch with its bias correction
-        (30, 24, 24, 3, True, False, False),  # no bias; halves splitting a tile
+        (48, 24, 24, 3, True, False, False),  # no bias; halves splitting a tile (of 16 rows under the interpreter)
         (32, 64, 32, 20, True, True, True),  # a rank over 16 (padded to 32)
         (48, 72, 24, 8, True, True, True),  # more inputs than outputs (a down projection)
     ],
@@ -57,7 +57,8 @@ def test_the_functional_path_adds_its_terms_with_the_kernel(tiny, monkeypatch):
     a few ulp of the loss, so two runs part after one step.)"""
     launches = []
     fused, usable = lowrank_linear.fused, lowrank_linear.usable
-    monkeypatch.setattr(lowrank_linear, "fused", lambda *a, **kw: launches.append(1) or fused(*a, **kw))
+    # the factors (H, N, r) come with N contiguous: the kernel reads each half's Fᵀ by TMA without a copy
+    monkeypatch.setattr(lowrank_linear, "fused", lambda *a, **kw: launches.append(a[4].stride(1)) or fused(*a, **kw))
     method, optim = VARIANTS["lozo"]
     session, loss_fn = fixed_batch(
         tiny, model={"name_or_path": "tiny:opt-32x2", "dtype": "bf16" if COMPILED else "fp16", "device": DEVICE},
@@ -77,3 +78,13 @@ def test_the_functional_path_adds_its_terms_with_the_kernel(tiny, monkeypatch):
         assert (with_kernel[0] - with_kernel[1]) / (2 * eps) == pytest.approx((hooks[0] - hooks[1]) / (2 * eps), abs=2 * quantum)
         zo.step(loss_fn, step, zo.optim.lr)
     assert launches, "the kernel never ran"
+    assert set(launches) == {1}
+
+
+def test_rows_out_of_tma_alignment_take_the_hooks():
+    """TMA moves rows in multiples of 16 bytes: other shapes keep F.linear and the hooks."""
+    w = torch.zeros(16, 16, dtype=DTYPE, device=DEVICE)
+    assert lowrank_linear.usable(torch.zeros(2, 8, 16, dtype=DTYPE, device=DEVICE), w)
+    assert not lowrank_linear.usable(torch.zeros(3, 5, 16, dtype=DTYPE, device=DEVICE), w)  # 15 rows
+    assert not lowrank_linear.usable(torch.zeros(8, 12, dtype=DTYPE, device=DEVICE), torch.zeros(16, 12, dtype=DTYPE, device=DEVICE))
+    assert not lowrank_linear.usable(torch.zeros(8, 16, dtype=DTYPE, device=DEVICE), torch.zeros(12, 16, dtype=DTYPE, device=DEVICE))

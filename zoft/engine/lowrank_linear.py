@@ -1,26 +1,31 @@
-"""A linear layer with a low-rank term: y = x Wᵀ + b + (x B) Fᵀ, with cuBLAS's product.
+"""A linear layer with a low-rank term in one GPU kernel: y = x Wᵀ + b + (x B) Fᵀ.
 
 The functional path (methods/functional.py) adds (x B)(A_acc ± εA)ᵀ to every trained linear
 layer's output. Done after the layer (the hooks), that term costs a read and a write of y, and
-over a doubled batch the bias correction of the second half (−2εz) another half-pass. Here the
-order is turned around: x·B is one small cuBLAS product (M×r), a Triton kernel writes the term,
-the bias and the correction into y, summed in fp32 and rounded once, and cuBLAS then adds x·Wᵀ
-to y in the epilogue of its GEMM (`addmm_`, β = 1), where reading y is hidden behind the
-product. On the H100 this beat both the hooks and a Triton GEMM with the term in its epilogue,
-for every layer shape measured (benchmarks/lowrank_linear.py). `reference` is the hooks' sum;
-tests compare the two, compiled on a GPU and under Triton's interpreter on the CPU.
+over a doubled batch the bias correction of the second half (−2εz) another half-pass; written
+first by a small kernel and added to by cuBLAS (β = 1, session 12), it still cost a write of y
+and cuBLAS's read of it: 1.2-1.5× the plain layer on OPT-1.3B's shapes. Here one persistent
+Triton GEMM (TMA loads, the output tiles walked by one program per SM) sums x·Wᵀ over K and then
+adds the term as one more tensor-core product from (x B)ᵀ and Fᵀ, r × M and r × N, whose rows TMA
+pads with zeros; the bias and the correction go into the same fp32 tile, rounded once. On the H100
+it beat the term-then-cuBLAS order on every layer shape of OPT-1.3B, LLaMA-7B and OPT-13B but one
+(a tie) (benchmarks/lowrank_linear.py). `reference` is the hooks' sum; tests compare the two,
+compiled on a GPU and under Triton's interpreter on the CPU.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
 
 from zoft.engine import kernels
 
-# (BLOCK_M, BLOCK_N, warps), chosen on the H100 by benchmarks/lowrank_linear.py
-TILES = (64, 128, 4)
-INTERPRETED = (16, 16, 1)
+# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages, split store), chosen on the H100 by benchmarks/lowrank_linear.py
+TILES = (128, 256, 64, 8, 8, 3, True)
+INTERPRETED = (16, 16, 16, 2, 1, 1, False)
+RANK_BLOCK = 16  # the term's product pads r up to this (or the next power of two): a tensor-core K
 DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -40,37 +45,57 @@ def reference(x, weight, bias, basis, factors, half=None, shift=None, shift_scal
 
 
 def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether `fused` runs for these: contiguous 16-bit activations, a weight of their dtype, on a
-    CUDA GPU with Triton. Under Triton's interpreter (tests), fp16 only: its bf16 products are
-    wrong (Triton 3.9)."""
+    """Whether `fused` runs for these: 16-bit activations and a weight of their dtype, both
+    contiguous, on a CUDA GPU with Triton, with rows, inputs and outputs in multiples of 16 bytes
+    (TMA's alignment). Under Triton's interpreter (tests), fp16 only: its bf16 products are wrong
+    (Triton 3.9)."""
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     return (
-        x.dtype in DTYPES and weight.dtype == x.dtype and x.is_contiguous() and _kernel() is not None
+        x.dtype in DTYPES and weight.dtype == x.dtype and x.is_contiguous() and weight.is_contiguous()
+        and rows % 8 == 0 and x.shape[-1] % 8 == 0 and weight.shape[0] % 8 == 0 and rows > 0
+        and x.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0 and _kernel() is not None
         and (x.device.type == "cuda" or (kernels.interpreted() and x.dtype == torch.float16))
     )
 
 
 def fused(x, weight, bias, basis, factors, half=None, shift=None, shift_scale=0.0, tiles=None):
-    """`reference`'s sum (where `usable`): x·B, the term kernel into y, then y += x Wᵀ by cuBLAS;
-    `tiles` overrides TILES."""
+    """`reference`'s sum (where `usable`): (x B)ᵀ by cuBLAS, then the kernel. `factors` (H, N, r)
+    is read as Fᵀ, r × N a half, without a copy where its N dimension is contiguous (as the
+    functional path lays it out); `tiles` overrides TILES."""
     import triton
+    from triton.tools.tensor_descriptor import TensorDescriptor
 
     flat = x.reshape(-1, x.shape[-1])
     m, n = flat.shape[0], weight.shape[0]
-    xb = flat @ basis
+    rank_block = max(RANK_BLOCK, triton.next_power_of_2(basis.shape[1]))
+    xb_t = basis.T @ flat.T  # (x B)ᵀ, r × M
+    f_t = factors.transpose(1, 2)
+    if not all(t.stride(-1) == 1 and t.stride(-2) % 8 == 0 and t.data_ptr() % 16 == 0 for t in f_t):
+        f_t = f_t.contiguous()
     y = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
     out = y.view(m, n)
-    block_m, block_n, warps = tiles or (INTERPRETED if kernels.interpreted() else TILES)
+    block_m, block_n, block_k, group_m, warps, stages, split = tiles or (INTERPRETED if kernels.interpreted() else TILES)
+    programs = min(triton.cdiv(m, block_m) * triton.cdiv(n, block_n), _processors(x.device))
+    described = TensorDescriptor.from_tensor
     with kernels.on(x.device):
-        _kernel()[(triton.cdiv(m, block_m), triton.cdiv(n, block_n))](
-            out, bias if bias is not None else out, xb, factors, shift if shift is not None else out,
-            m, n, m if half is None else half, basis.shape[1], float(shift_scale),
-            out.stride(0), xb.stride(0), xb.stride(1), factors.stride(0) if factors.shape[0] > 1 else 0, factors.stride(1), factors.stride(2),
+        _kernel()[(programs,)](
+            described(flat, [block_m, block_k]), described(weight, [block_n, block_k]),
+            described(out, [block_m, block_n // 2 if split else block_n]), described(xb_t, [rank_block, block_m]),
+            described(f_t[0], [rank_block, block_n]), described(f_t[-1], [rank_block, block_n]),
+            bias if bias is not None else out, shift if shift is not None else out,
+            m, n, flat.shape[1], m if half is None else half, float(shift_scale),
             HAS_BIAS=bias is not None, HAS_SHIFT=half is not None and shift is not None, DOUBLED=half is not None,
-            R=max(16, triton.next_power_of_2(basis.shape[1])), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m, PROGRAMS=programs, SPLIT_STORE=split,
+            num_warps=warps, num_stages=stages,
         )
-    out.addmm_(flat, weight.T)
     return y
 
 
+@functools.cache
+def _processors(device: torch.device) -> int:
+    """Programs of the persistent kernel: one per SM (a few under the interpreter)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
 def _kernel():
-    return kernels.kernel("zoft.engine.lowrank_kernels", "lowrank_term_kernel")
+    return kernels.kernel("zoft.engine.lowrank_kernels", "lowrank_linear_kernel")

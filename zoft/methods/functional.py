@@ -83,6 +83,7 @@ class FunctionalPath:
         self._signs = torch.tensor([1.0, -1.0], device=device).view(2, 1)  # of a doubled batch's halves
         self.order: list[int] = []  # the hooked matrices in the order of the flat buffers (`allocate`)
         self._offsets: dict[int, int] = {}  # where each matrix's factor starts in them
+        self._runs: list[list[int]] = []  # `order` cut into runs of consecutive matrices of one rank
         self.acc_flat = torch.zeros(0)  # every A_acc end to end, fp32, updated in place
         self.acc: dict[int, torch.Tensor] = {}  # A_acc (m×r) of each matrix: a view of `acc_flat`
         self.live: set[int] = set()  # matrices whose A_acc may be non-zero (no GPU sync to ask)
@@ -153,6 +154,7 @@ class FunctionalPath:
         device = self.params[order[0]][1].device
         self.acc_flat = torch.zeros(sum(sizes), dtype=torch.float32, device=device)
         self.acc = dict(zip(order, split_like(self.acc_flat, [torch.empty(shapes[i], device="meta") for i in order])))
+        self._runs = [list(run) for _, run in itertools.groupby(order, key=lambda i: shapes[i][1])]  # of one rank each
         self._cache.clear()
 
     def span(self, indices: list[int]) -> slice:
@@ -270,18 +272,29 @@ class FunctionalPath:
 
     def _build(self, dtype: torch.dtype) -> None:
         """Every matrix's factors at once, on the flat buffers: A_acc + s ε A (or the pair for a
-        doubled batch) summed in fp32 and rounded by a few launches (inside a recorded forward, a
-        few graph nodes where a matrix took two), each matrix's factor a view of the result."""
-        if self.direction is None:
-            summed = self.acc_flat.to(dtype)
-            summed = summed.expand(2, -1) if self.rows is not None else summed
-        elif self.rows is not None:  # (A_acc + εA, A_acc − εA): one (2, Σ m·r) tensor
-            summed = torch.addcmul(self.acc_flat, self._signs, self.direction.float(), value=self.eps).to(dtype)
-        else:  # A_acc + s ε A
-            summed = torch.add(self.acc_flat, self.direction.float(), alpha=self.scale * self.eps).to(dtype)
-        parts = split_like(summed, [self.acc[i] for i in self.order])
+        doubled batch) summed in fp32 and rounded by one launch a run of matrices of one rank
+        (inside a recorded forward, a graph node each), each matrix's factor a view of the result.
+        The result is laid out transposed, r × Σm (a half), so that each matrix's Aᵀ is a row-major
+        r × m view, which the linear kernel reads by TMA without a copy; the factor handed on is
+        its transpose (m × r, or 2 × m × r)."""
         self._cache = dict.fromkeys(self.hooked)  # None: nothing to add (a path of frozen terms only)
-        self._cache.update((index, (self.basis[index], part)) for index, part in zip(self.order, parts) if index in self.basis)
+        for run in self._runs:
+            span, rows, rank = self.span(run), sum(self.acc[i].shape[0] for i in run), self.acc[run[0]].shape[1]
+            acc = self.acc_flat[span].view(rows, rank).T
+            if self.direction is None:
+                summed = acc.to(dtype).contiguous()
+                summed = summed.expand(2, -1, -1) if self.rows is not None else summed
+            elif self.rows is not None:  # (A_acc + εA, A_acc − εA): 2 × r × Σm
+                summed = torch.empty((2, rank, rows), dtype=dtype, device=acc.device)
+                torch.addcmul(acc, self._signs.view(2, 1, 1), self.direction[span].view(rows, rank).T.float(), value=self.eps, out=summed)
+            else:  # A_acc + s ε A
+                summed = torch.empty((rank, rows), dtype=dtype, device=acc.device)
+                torch.add(acc, self.direction[span].view(rows, rank).T.float(), alpha=self.scale * self.eps, out=summed)
+            starts = itertools.accumulate((self.acc[i].shape[0] for i in run), initial=0)
+            self._cache.update(
+                (index, (self.basis[index], summed[..., start:start + self.acc[index].shape[0]].transpose(-1, -2)))
+                for index, start in zip(run, starts) if index in self.basis
+            )
 
     def accumulate(self, flat: torch.Tensor, alpha: float = 1.0, indices: list[int] | None = None) -> None:
         """A_acc += alpha · A (16-bit A summed in fp32) by one launch, `flat` holding every matrix's
