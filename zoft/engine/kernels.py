@@ -39,6 +39,15 @@ def triton_dtype(dtype: torch.dtype):
     return {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
 
 
+def programs_of(counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tables of a many-item kernel launched with one program per block of every item, item
+    i having counts[i] blocks: each program's item and its block within that item (int32, on
+    the host)."""
+    owner = torch.repeat_interleave(torch.arange(len(counts), dtype=torch.int32), torch.tensor(counts))
+    within = torch.cat([torch.arange(count, dtype=torch.int32) for count in counts])
+    return owner, within
+
+
 @functools.cache
 def kernel(module: str, name: str):
     """Kernel `name` of `module`, imported on first use (so TRITON_INTERPRET set by then is

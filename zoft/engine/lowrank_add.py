@@ -89,12 +89,11 @@ class _Tiles:
         self.weights, self.rows, self.cols, self.ranks = (torch.tensor(c, dtype=torch.int64, device=device) for c in columns)
         self.max_rank = max(1, 1 << (max(columns[3]) - 1).bit_length())
         grids = [(-(-m // block_m), -(-n // block_n)) for _, m, n, _ in matrices]
-        counts = torch.tensor([gm * gn for gm, gn in grids])
-        self.tiles = int(counts.sum())
-        self.matrix_of = torch.repeat_interleave(torch.arange(len(matrices), dtype=torch.int32), counts).to(device)
-        within = torch.cat([torch.arange(gm * gn, dtype=torch.int32) for gm, gn in grids])
-        per_row = torch.repeat_interleave(torch.tensor([gn for _, gn in grids], dtype=torch.int32), counts)
-        self.tile_m_of, self.tile_n_of = (within // per_row).to(device), (within % per_row).to(device)
+        counts = [gm * gn for gm, gn in grids]
+        self.tiles = sum(counts)
+        matrix_of, within = kernels.programs_of(counts)
+        per_row = torch.tensor([gn for _, gn in grids], dtype=torch.int32)[matrix_of]  # the tile columns of each program's matrix
+        self.matrix_of, self.tile_m_of, self.tile_n_of = (t.to(device) for t in (matrix_of, within // per_row, within % per_row))
 
 
 @functools.lru_cache(maxsize=16)

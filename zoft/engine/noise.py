@@ -94,8 +94,7 @@ class _Blocks:
         self.blocks = sum(counts)
         self.addresses = torch.tensor([address for address, *_ in tensors], dtype=torch.int64, device=device)
         self.sizes = torch.tensor([numel for _, numel, *_ in tensors], dtype=torch.int64, device=device)
-        self.tensor_of = torch.repeat_interleave(torch.arange(len(tensors), dtype=torch.int32), torch.tensor(counts)).to(device)
-        self.block_of = torch.cat([torch.arange(c, dtype=torch.int32) for c in counts]).to(device)
+        self.tensor_of, self.block_of = (table.to(device) for table in kernels.programs_of(counts))
 
 
 @functools.lru_cache(maxsize=64)
