@@ -38,6 +38,7 @@ class Plan(NamedTuple):
 
 class LowRankMethod(ZOMethod):
     update_reads_factors = False  # whether `update_factors` reads a segment's `flat_factors` (LOZO's U), not only the folded undo
+
     def __init__(self, *args, **kwargs):
         self._periodic: dict[int, tuple[int, object]] = {}  # parameter -> (period, what `periodic` drew)
         self._alone: list[tuple[int, str, torch.Tensor]] | None = None  # `alone()`, for the current path
@@ -453,6 +454,7 @@ class LowRankMethod(ZOMethod):
         """A of every hooked matrix for one query, end to end in the hooks' `order` (B is the
         period's basis on the hooks), built once a query (`flat_factors`)."""
         return self.flat_factors(step, query, self.functional.order)
+
     def pairs(self, loss_fn) -> bool:
         """Whether this step's ±ε passes share one doubled forward."""
         choice = self.cfg.paired_forward

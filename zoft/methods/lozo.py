@@ -17,6 +17,7 @@ from zoft.methods.lowrank import LowRankMethod
 @METHODS.register("lozo")
 class LOZO(LowRankMethod):
     update_reads_factors = True
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.momentum: dict[str, torch.Tensor] = {}  # N (m×r, at least fp32) of each matrix, by name: views of `momentum_flats`
@@ -69,6 +70,7 @@ class LOZO(LowRankMethod):
                 factors = n_flat
             flats.append(factors * (self.segment_scales(segment) * -lr))
         return flats
+
     def updated(self, step: int) -> None:
         self.momentum_basis.fill_(self.period(step))
 
