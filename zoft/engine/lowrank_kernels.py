@@ -7,7 +7,7 @@ import triton.language as tl
 
 @triton.jit
 def lowrank_linear_kernel(
-    x_desc, w_desc, y_desc, xb_desc, f0_desc, f1_desc, bias_ptr, shift_ptr,
+    x_desc, w_desc, y_desc, xb0_desc, xb1_desc, f0_desc, f1_desc, bias_ptr, shift_ptr,
     M, N, K, half, shift_scale,
     HAS_BIAS: tl.constexpr, HAS_SHIFT: tl.constexpr, DOUBLED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -16,11 +16,12 @@ def lowrank_linear_kernel(
     """y = x Wᵀ + bias + (x B) F_hᵀ (+ shift_scale · shift on rows ≥ half), h = 0 for rows < half,
     else 1, all summed in one fp32 tile and rounded once. Persistent: PROGRAMS programs walk the
     output tiles, GROUP_M row blocks at a time (sharing W in L2). Every operand moves by TMA: x and
-    W over K, then (x B)ᵀ (r × M) and F_hᵀ (r × N), whose r rows TMA pads with zeros to the
-    descriptors' block (≥ 16, what a tensor-core product needs), so the term is one more product
-    on the accumulator, with no layout change. Over a doubled batch both halves' products are
-    taken on every tile, x B masked to the rows of each: measured faster on the H100 than
-    branching per tile, which the compiler's pipelining pays for."""
+    W over K, then x B (M × r, a half's rows each) and F_hᵀ (r × N), whose missing columns and
+    rows TMA fills with zeros up to the descriptors' blocks (≥ 16, what a tensor-core product
+    needs), so the term is one more product on the accumulator. Over a doubled batch a tile takes
+    both halves' products: each half's x B lies outside the other half's rows (the second read
+    from row off_m − half, which is negative above it), where TMA reads zeros, so a tile that
+    straddles the halves needs no mask and one that does not adds a product of zeros."""
     tiles_m = tl.cdiv(M, BLOCK_M)
     tiles_n = tl.cdiv(N, BLOCK_N)
     in_group = GROUP_M * tiles_n
@@ -32,15 +33,11 @@ def lowrank_linear_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k in range(tl.cdiv(K, BLOCK_K)):
             acc = tl.dot(x_desc.load([off_m, k * BLOCK_K]), w_desc.load([off_n, k * BLOCK_K]).T, acc)
-        xb = xb_desc.load([0, off_m]).T
+        acc = tl.dot(xb0_desc.load([off_m, 0]), f0_desc.load([0, off_n]), acc)
+        if DOUBLED:
+            acc = tl.dot(xb1_desc.load([off_m - half, 0]), f1_desc.load([0, off_n]), acc)
         rm = off_m + tl.arange(0, BLOCK_M)
         rn = off_n + tl.arange(0, BLOCK_N)
-        if DOUBLED:  # each row takes its half's factor (a tile may hold rows of both)
-            upper = (rm < half)[:, None]
-            acc = tl.dot(tl.where(upper, xb, 0.0).to(xb.dtype), f0_desc.load([0, off_n]), acc)
-            acc = tl.dot(tl.where(upper, 0.0, xb).to(xb.dtype), f1_desc.load([0, off_n]), acc)
-        else:
-            acc = tl.dot(xb, f0_desc.load([0, off_n]), acc)
         if HAS_BIAS:
             acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
         if HAS_SHIFT:

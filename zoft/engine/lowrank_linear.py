@@ -6,11 +6,10 @@ over a doubled batch the bias correction of the second half (−2εz) another ha
 first by a small kernel and added to by cuBLAS (β = 1, session 12), it still cost a write of y
 and cuBLAS's read of it: 1.2-1.5× the plain layer on OPT-1.3B's shapes. Here one persistent
 Triton GEMM (TMA loads, the output tiles walked by one program per SM) sums x·Wᵀ over K and then
-adds the term as one more tensor-core product from (x B)ᵀ and Fᵀ, r × M and r × N, whose rows TMA
-pads with zeros; the bias and the correction go into the same fp32 tile, rounded once. On the H100
-it beat the term-then-cuBLAS order on every layer shape of OPT-1.3B, LLaMA-7B and OPT-13B but one
-(a tie) (benchmarks/lowrank_linear.py). `reference` is the hooks' sum; tests compare the two,
-compiled on a GPU and under Triton's interpreter on the CPU.
+adds the term as one more tensor-core product from x B and Fᵀ, M × r and r × N, which TMA pads
+with zeros; the bias and the correction go into the same fp32 tile, rounded once
+(benchmarks/lowrank_linear.py times it against cuBLAS's plain layer). `reference` is the hooks'
+sum; tests compare the two, compiled on a GPU and under Triton's interpreter on the CPU.
 """
 
 from __future__ import annotations
@@ -30,11 +29,12 @@ DTYPES = (torch.bfloat16, torch.float16)
 
 
 def reference(x, weight, bias, basis, factors, half=None, shift=None, shift_scale=0.0):
-    """y = x Wᵀ + b + (x B) F_hᵀ in torch: F is (H, N, r); h = 0 for rows < `half` of x's rows
-    flattened, else 1 (no `half`: H = 1); rows ≥ half also get shift_scale · shift."""
+    """y = x Wᵀ + b + (x B) F_hᵀ in torch: F is (H, N, r) and B the first r columns of `basis`;
+    h = 0 for rows < `half` of x's rows flattened, else 1 (no `half`: H = 1); rows ≥ half also get
+    shift_scale · shift."""
     y = F.linear(x, weight, bias)
     flat, out = x.reshape(-1, x.shape[-1]), y.view(-1, y.shape[-1])
-    xb = flat @ basis
+    xb = flat @ basis[:, :factors.shape[-1]]
     rows = out.shape[0] if half is None else half
     out[:rows].addmm_(xb[:rows], factors[0].T)
     if half is not None:
@@ -42,6 +42,12 @@ def reference(x, weight, bias, basis, factors, half=None, shift=None, shift_scal
         if shift is not None:
             out[half:].add_(shift.to(y.dtype), alpha=shift_scale)
     return y
+
+
+def widened(basis: torch.Tensor) -> torch.Tensor:
+    """B (K × r) with zero columns up to a multiple of 8: x times it comes out in rows of 16 bytes,
+    what TMA reads, and its extra columns are zeros (the functional path keeps its bases so)."""
+    return F.pad(basis, (0, -basis.shape[1] % 8))
 
 
 def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -59,16 +65,21 @@ def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def fused(x, weight, bias, basis, factors, half=None, shift=None, shift_scale=0.0, tiles=None):
-    """`reference`'s sum (where `usable`): (x B)ᵀ by cuBLAS, then the kernel. `factors` (H, N, r)
-    is read as Fᵀ, r × N a half, without a copy where its N dimension is contiguous (as the
-    functional path lays it out); `tiles` overrides TILES."""
+    """`reference`'s sum (where `usable`): x B by cuBLAS, then the kernel. `basis` is K × r', B in
+    its first r columns (r, the factors' rank) and zeros after; where r' is not a multiple of 8 it
+    is `widened` here first (a copy the functional path avoids). `factors` (H, N, r) is read as
+    Fᵀ, r × N a half, without a copy where its N dimension is contiguous (as the functional path
+    lays it out); `tiles` overrides TILES."""
     import triton
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     flat = x.reshape(-1, x.shape[-1])
     m, n = flat.shape[0], weight.shape[0]
+    if basis.shape[1] % 8:
+        basis = widened(basis)
     rank_block = max(RANK_BLOCK, triton.next_power_of_2(basis.shape[1]))
-    xb_t = basis.T @ flat.T  # (x B)ᵀ, r × M
+    xb = flat @ basis  # M × r', its extra columns zeros
+    halves = (xb,) if half is None else (xb[:half], xb[half:])
     f_t = factors.transpose(1, 2)
     if not all(t.stride(-1) == 1 and t.stride(-2) % 8 == 0 and t.data_ptr() % 16 == 0 for t in f_t):
         f_t = f_t.contiguous()
@@ -80,7 +91,8 @@ def fused(x, weight, bias, basis, factors, half=None, shift=None, shift_scale=0.
     with kernels.on(x.device):
         _kernel()[(programs,)](
             described(flat, [block_m, block_k]), described(weight, [block_n, block_k]),
-            described(out, [block_m, block_n // 2 if split else block_n]), described(xb_t, [rank_block, block_m]),
+            described(out, [block_m, block_n // 2 if split else block_n]),
+            described(halves[0], [block_m, rank_block]), described(halves[-1], [block_m, rank_block]),
             described(f_t[0], [rank_block, block_n]), described(f_t[-1], [rank_block, block_n]),
             bias if bias is not None else out, shift if shift is not None else out,
             m, n, flat.shape[1], m if half is None else half, float(shift_scale),

@@ -162,8 +162,11 @@ class FunctionalPath:
         return slice(self._offsets[indices[0]], self._offsets[indices[-1]] + self.acc[indices[-1]].numel())
 
     def set_basis(self, index: int, basis: torch.Tensor) -> None:
-        """B of matrix `index`, copied where the hooks read it."""
-        self.basis[index] = self._hold({("basis", index): basis})[("basis", index)]
+        """B of matrix `index`, copied where the hooks read it: the first r columns of a buffer
+        `widened` with zero columns, which the linear kernel reads whole (its x B then has rows of
+        16 bytes, what TMA reads, with no copy)."""
+        held = self._hold({("basis", index): lowrank_linear.widened(basis)})[("basis", index)]
+        self.basis[index] = held[:, :basis.shape[1]]
         self._cache.clear()
 
     def set_direction(self, direction: torch.Tensor | None, eps: float = 0.0, scale: float = 0.0, rows=None, vectors=None, shifts=None) -> None:
@@ -231,17 +234,17 @@ class FunctionalPath:
         return module.register_forward_hook(self._matrix_hook)
 
     def _linear_forward(self, module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        """The layer and its terms by engine/lowrank_linear.py where it can run: the term, the bias
-        and a doubled batch's correction of it written first, then the layer's product added to
-        them by cuBLAS, with no pass over the output after the layer. Elsewhere F.linear, then
-        the hook's terms."""
+        """The layer and its terms by engine/lowrank_linear.py where it can run: one GEMM that adds
+        the term, the bias and a doubled batch's correction of it to its tile before writing the
+        output, with no pass over the output after the layer. Elsewhere F.linear, then the hook's
+        terms."""
         index = self._index_of[id(module)][0]
         factors = None
         if not self.frozen.get(index) and lowrank_linear.usable(x, module.weight):
             factors = self._factors(index, x.dtype)
         if factors is None:
             return self._matrix_hook(module, (x,), F.linear(x, module.weight, module.bias))
-        basis, pair = factors
+        basis, pair = self._held[("basis", index)], factors[1]
         if self.rows is None:
             return lowrank_linear.fused(x, module.weight, module.bias, basis, pair.unsqueeze(0))
         self._halves(x)
