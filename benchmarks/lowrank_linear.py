@@ -93,14 +93,14 @@ def main() -> None:
                         plain = lambda: F.linear(x, w, bias)  # noqa: E731
                     want = lr.reference(x.float(), w.float(), bias.float(), basis.float(), factors.float(), **{
                         key: value.float() if torch.is_tensor(value) else value for key, value in call.items()})
-                    error = (lr.fused(x, w, bias, basis, factors, **call).float() - want).abs().max().item()
+                    error = (lr.fused(x, w, bias, lr.project(x, basis), factors, **call).float() - want).abs().max().item()
                     eager_error = (lr.reference(x, w, bias, basis, factors, **call).float() - want).abs().max().item()
                     cublas = timed(plain, args.reps)
                     eager = timed(lambda: lr.reference(x, w, bias, basis, factors, **call), args.reps)
-                    per_tiles = timings({t: lambda t=t: lr.fused(x, w, bias, basis, factors, **call, tiles=t) for t in TILES}, args.reps)
+                    per_tiles = timings({t: lambda t=t: lr.fused(x, w, bias, lr.project(x, basis), factors, **call, tiles=t) for t in TILES}, args.reps)
                     tiles = min(per_tiles, key=per_tiles.get)
                     fused = per_tiles[tiles]
-                    default = timed(lambda: lr.fused(x, w, bias, basis, factors, **call), args.reps)
+                    default = timed(lambda: lr.fused(x, w, bias, lr.project(x, basis), factors, **call), args.reps)
                     row = dict(model=model, rows=rows, mode=mode, k=k, n=n, cublas_ms=cublas, eager_ms=eager, fused_ms=fused, tiles=tiles,
                                default_ms=default, error=error, eager_error=eager_error,
                                tiles_ms={",".join(map(str, t)): ms for t, ms in per_tiles.items()})

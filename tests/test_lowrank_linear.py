@@ -4,6 +4,8 @@ the same sum in torch: compiled on a GPU in bf16, or run by Triton's interpreter
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -40,7 +42,7 @@ def test_the_kernel_sums_what_the_eager_terms_sum(rows, k, n, rank, doubled, bia
     z = torch.randn(n, generator=g) if shift else None
     half = rows // 2 if doubled else None
     low = lambda t: None if t is None else t.to(DEVICE, DTYPE)  # noqa: E731
-    got = lowrank_linear.fused(low(x), low(w), low(b), low(basis), low(factors), half, low(z), -0.3)
+    got = lowrank_linear.fused(low(x), low(w), low(b), lowrank_linear.project(low(x), low(basis)), low(factors), half, low(z), -0.3)
     assert got.dtype == DTYPE
     want = lowrank_linear.reference(*(None if t is None else low(t).float() for t in (x, w, b, basis, factors)), half, None if z is None else low(z).float(), -0.3)
     # the same 16-bit inputs; x·B, the term and the output rounded to 16 bits: a few ulp of the largest values
@@ -58,9 +60,11 @@ def test_the_functional_path_adds_its_terms_with_the_kernel(tiny, monkeypatch):
     launches = []
     fused, usable = lowrank_linear.fused, lowrank_linear.usable
     # the factors (H, N, r) come with N contiguous, so the kernel reads each half's Fᵀ by TMA
-    # without a copy, and the basis widened to 8 columns, zeros past r, so x B needs no copy either
-    monkeypatch.setattr(lowrank_linear, "fused", lambda *a, **kw: launches.append(
-        (a[4].stride(1), a[3].shape[1], bool(a[3][:, a[4].shape[-1]:].eq(0).all()))) or fused(*a, **kw))
+    # without a copy, and x B with 8 columns (the basis widened, zeros past r) out of one product
+    # per group of layers reading one input
+    monkeypatch.setattr(lowrank_linear, "fused", lambda *a, **kw: launches.append((
+        a[4].stride(1), a[3].shape[1], bool(a[3][:, a[4].shape[-1]:].eq(0).all()), a[3].untyped_storage().data_ptr(), a[3],  # (x B kept alive: no address is reused)
+    )) or fused(*a, **kw))
     method, optim = VARIANTS["lozo"]
     session, loss_fn = fixed_batch(
         tiny, model={"name_or_path": "tiny:opt-32x2", "dtype": "bf16" if COMPILED else "fp16", "device": DEVICE},
@@ -80,7 +84,11 @@ def test_the_functional_path_adds_its_terms_with_the_kernel(tiny, monkeypatch):
         assert (with_kernel[0] - with_kernel[1]) / (2 * eps) == pytest.approx((hooks[0] - hooks[1]) / (2 * eps), abs=2 * quantum)
         zo.step(loss_fn, step, zo.optim.lr)
     assert launches, "the kernel never ran"
-    assert set(launches) == {(1, 8, True)}  # LOZO's rank 2, widened to 8
+    assert {launch[:3] for launch in launches} == {(1, 8, True)}  # LOZO's rank 2, widened to 8
+    # a forward: each of two layers' q, k, v, out_proj, fc1, fc2, then the tied LM head (13
+    # launches); each layer's q, k and v take their x B from one product, every other its own
+    runs = [len(list(run)) for _, run in itertools.groupby(launch[3] for launch in launches)]
+    assert set(runs) == {1, 3} and runs.count(3) * 13 == 2 * len(launches)
 
 
 def test_rows_out_of_tma_alignment_take_the_hooks():

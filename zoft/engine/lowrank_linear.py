@@ -50,6 +50,12 @@ def widened(basis: torch.Tensor) -> torch.Tensor:
     return F.pad(basis, (0, -basis.shape[1] % 8))
 
 
+def project(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """x B as `fused` reads it: M × r' (x's rows flattened), B `widened` first where its width is
+    not a multiple of 8 (a copy the functional path avoids by keeping its bases widened)."""
+    return x.reshape(-1, x.shape[-1]) @ (widened(basis) if basis.shape[1] % 8 else basis)
+
+
 def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether `fused` runs for these: 16-bit activations and a weight of their dtype, both
     contiguous, on a CUDA GPU with Triton, with rows, inputs and outputs in multiples of 16 bytes
@@ -64,21 +70,18 @@ def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-def fused(x, weight, bias, basis, factors, half=None, shift=None, shift_scale=0.0, tiles=None):
-    """`reference`'s sum (where `usable`): x B by cuBLAS, then the kernel. `basis` is K × r', B in
-    its first r columns (r, the factors' rank) and zeros after; where r' is not a multiple of 8 it
-    is `widened` here first (a copy the functional path avoids). `factors` (H, N, r) is read as
-    Fᵀ, r × N a half, without a copy where its N dimension is contiguous (as the functional path
-    lays it out); `tiles` overrides TILES."""
+def fused(x, weight, bias, xb, factors, half=None, shift=None, shift_scale=0.0, tiles=None):
+    """`reference`'s sum (where `usable`) from x B already taken (`project`): `xb` is M × r', its
+    rows 16-byte aligned and its columns past the factors' rank r zeros (a column block of a wider
+    product will do: siblings reading one x share one). `factors` (H, N, r) is read as Fᵀ, r × N a
+    half, without a copy where its N dimension is contiguous (as the functional path lays it out);
+    `tiles` overrides TILES."""
     import triton
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     flat = x.reshape(-1, x.shape[-1])
     m, n = flat.shape[0], weight.shape[0]
-    if basis.shape[1] % 8:
-        basis = widened(basis)
-    rank_block = max(RANK_BLOCK, triton.next_power_of_2(basis.shape[1]))
-    xb = flat @ basis  # M × r', its extra columns zeros
+    rank_block = max(RANK_BLOCK, triton.next_power_of_2(xb.shape[1]))
     halves = (xb,) if half is None else (xb[:half], xb[half:])
     f_t = factors.transpose(1, 2)
     if not all(t.stride(-1) == 1 and t.stride(-2) % 8 == 0 and t.data_ptr() % 16 == 0 for t in f_t):

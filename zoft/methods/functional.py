@@ -14,9 +14,9 @@ positions) is perturbed in place as usual; over a doubled batch a Linear's bias 
 the second half (−2εz), and any other module owning one recomputes its second half with the
 tensor at −ε. Nothing here knows which method made A and B.
 
-A plain nn.Linear gets `_linear_forward` in place of its forward, which on a GPU writes its terms
-first and has cuBLAS add the layer's product to them (engine/lowrank_linear.py), and elsewhere
-computes the layer, then the hook's terms.
+A plain nn.Linear gets `_linear_forward` in place of its forward, which on a GPU adds its terms
+inside the layer's GEMM (engine/lowrank_linear.py), x B taken once for the siblings that read one
+input (q, k and v), and elsewhere computes the layer, then the hook's terms.
 
 A forward with the hooks can be recorded as a CUDA graph (engine/graphs.py): every tensor the
 hooks read is copied into a buffer kept from call to call (`_held`), the factors are built inside
@@ -50,6 +50,25 @@ class Unsupported(ValueError):
 
 def is_plain_embedding(module: nn.Module) -> bool:
     return isinstance(module, nn.Embedding) and type(module).forward is nn.Embedding.forward
+
+
+def _siblings(model: nn.Module, index_of: dict[int, list[int]], hooked: set[int]) -> list[list[int]]:
+    """Every hooked matrix once, in groups whose x B one product takes: the plain nn.Linear
+    children of one module with one input width and dtype (q, k, v and out_proj of an attention;
+    a LLaMA MLP's gate and up), whose bases then share a buffer; every other matrix alone. A
+    group is a guess that its members read one input; `_projected` checks it at each call."""
+    groups: list[list[int]] = []
+    grouped: set[int] = set()
+    for parent in model.modules():
+        by_input: dict[tuple, list[int]] = {}
+        for child in parent.children():
+            if isinstance(child, nn.Linear) and id(child) in index_of:
+                index = index_of[id(child)][0]
+                if index not in grouped:
+                    by_input.setdefault((child.in_features, child.weight.dtype), []).append(index)
+                    grouped.add(index)
+        groups.extend(by_input.values())
+    return groups + [[index] for index in sorted(hooked - grouped)]
 
 
 class FunctionalPath:
@@ -107,6 +126,11 @@ class FunctionalPath:
                 self._index_of.setdefault(id(module), []).append(index)
                 modules[id(module)] = module
         self.handles = [self._attach(module) for module in modules.values()]
+        self._siblings = _siblings(model, self._index_of, self.hooked)
+        self._slots: dict[int, tuple[tuple, slice]] = {}  # matrix -> its group's key, its B's columns there (`allocate`)
+        self._widths: dict[tuple, int] = {}  # a group's key -> columns of its bases, each widened
+        self._groups_of_many: set[tuple] = set()  # the keys of groups of two or more
+        self._shared: tuple | None = None  # (group's key, x, x B) of the last layer, for its siblings
         self._bias_index = {
             id(module.bias): index for index, owners in self.owners.items() for module, attr in owners
             if isinstance(module, nn.Linear) and attr == "bias"
@@ -155,6 +179,15 @@ class FunctionalPath:
         self.acc_flat = torch.zeros(sum(sizes), dtype=torch.float32, device=device)
         self.acc = dict(zip(order, split_like(self.acc_flat, [torch.empty(shapes[i], device="meta") for i in order])))
         self._runs = [list(run) for _, run in itertools.groupby(order, key=lambda i: shapes[i][1])]  # of one rank each
+        for members in self._siblings:
+            key, start = ("basis", members[0]), 0
+            for index in members:
+                width = -(-shapes[index][1] // 8) * 8
+                self._slots[index] = (key, slice(start, start + width))
+                start += width
+            self._widths[key] = start
+            if len(members) > 1:
+                self._groups_of_many.add(key)
         self._cache.clear()
 
     def span(self, indices: list[int]) -> slice:
@@ -162,11 +195,19 @@ class FunctionalPath:
         return slice(self._offsets[indices[0]], self._offsets[indices[-1]] + self.acc[indices[-1]].numel())
 
     def set_basis(self, index: int, basis: torch.Tensor) -> None:
-        """B of matrix `index`, copied where the hooks read it: the first r columns of a buffer
-        `widened` with zero columns, which the linear kernel reads whole (its x B then has rows of
-        16 bytes, what TMA reads, with no copy)."""
-        held = self._hold({("basis", index): lowrank_linear.widened(basis)})[("basis", index)]
-        self.basis[index] = held[:, :basis.shape[1]]
+        """B of matrix `index`, copied where the hooks read it: its columns of its group's buffer
+        (`_siblings`), each B widened there with zero columns to a multiple of 8, so that one
+        product gives x B of the whole group in rows of 16 bytes, what the linear kernel reads."""
+        key, columns = self._slots[index]
+        held = self._held.get(key)
+        if held is None or (held.shape[0], held.dtype, held.device) != (basis.shape[0], basis.dtype, basis.device):
+            held = self._held[key] = basis.new_zeros(basis.shape[0], self._widths[key])
+            self.generation = next(_generations)  # a buffer no recording has read
+            for sibling, (other, _) in self._slots.items():
+                if other == key:
+                    self.basis.pop(sibling, None)  # views of the old buffer: set again
+        self.basis[index] = held[:, columns.start:columns.start + basis.shape[1]]
+        self.basis[index].copy_(basis)
         self._cache.clear()
 
     def set_direction(self, direction: torch.Tensor | None, eps: float = 0.0, scale: float = 0.0, rows=None, vectors=None, shifts=None) -> None:
@@ -244,13 +285,26 @@ class FunctionalPath:
             factors = self._factors(index, x.dtype)
         if factors is None:
             return self._matrix_hook(module, (x,), F.linear(x, module.weight, module.bias))
-        basis, pair = self._held[("basis", index)], factors[1]
+        key, columns = self._slots[index]
+        xb, pair = self._projected(key, x)[:, columns], factors[1]
         if self.rows is None:
-            return lowrank_linear.fused(x, module.weight, module.bias, basis, pair.unsqueeze(0))
+            return lowrank_linear.fused(x, module.weight, module.bias, xb, pair.unsqueeze(0))
         self._halves(x)
         return lowrank_linear.fused(
-            x, module.weight, module.bias, basis, pair, half=x.numel() // x.shape[-1] // 2, shift=self._bias_z(module), shift_scale=-2 * self.eps
+            x, module.weight, module.bias, xb, pair, half=x.numel() // x.shape[-1] // 2, shift=self._bias_z(module), shift_scale=-2 * self.eps
         )
+
+    def _projected(self, key: tuple, x: torch.Tensor) -> torch.Tensor:
+        """x times every basis of group `key`: one product, which reads x once for all of them. The
+        product is kept with x until the next layer, so that a sibling called on the same tensor
+        (q, k and v on one normalized input) takes its columns from it; x is compared by identity,
+        and no module changes its input in place between its siblings' calls."""
+        shared = self._shared
+        if shared is not None and shared[0] == key and shared[1] is x:
+            return shared[2]
+        xb = lowrank_linear.project(x, self._held[key])
+        self._shared = (key, x, xb) if key in self._groups_of_many else None
+        return xb
 
     def _bias_z(self, module: nn.Module) -> torch.Tensor | None:
         """Over a doubled batch, the z of a Linear's trained bias (at +εz for the whole batch, so
