@@ -98,3 +98,44 @@ def test_rows_out_of_tma_alignment_take_the_hooks():
     assert not lowrank_linear.usable(torch.zeros(3, 5, 16, dtype=DTYPE, device=DEVICE), w)  # 15 rows
     assert not lowrank_linear.usable(torch.zeros(8, 12, dtype=DTYPE, device=DEVICE), torch.zeros(16, 12, dtype=DTYPE, device=DEVICE))
     assert not lowrank_linear.usable(torch.zeros(8, 16, dtype=DTYPE, device=DEVICE), torch.zeros(12, 16, dtype=DTYPE, device=DEVICE))
+
+
+def test_siblings_share_x_b_only_within_one_forward_and_basis(monkeypatch):
+    """Two layers reading one input take x B from one product; a new basis, or a new forward
+    (`set_direction`) on the very same tensor, changed in place, takes a product of its own."""
+    from torch import nn
+
+    from zoft.methods.functional import FunctionalPath
+
+    class Siblings(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k = nn.Linear(16, 16), nn.Linear(16, 16)
+
+        def forward(self, x):
+            return self.q(x) + self.k(x)
+
+    torch.manual_seed(0)
+    model = Siblings().to(DEVICE, DTYPE)
+    params = list(model.named_parameters())
+    matrices = [i for i, (name, _) in enumerate(params) if name.endswith("weight")]
+    path = FunctionalPath(model, params, set(matrices))
+    path.allocate(matrices, {i: (16, 2) for i in matrices})
+    x = torch.randn(8, 16, device=DEVICE, dtype=DTYPE)
+
+    def kernel_against_hooks():
+        got = model(x)
+        monkeypatch.setattr(lowrank_linear, "usable", lambda *a: False)
+        want = model(x)
+        monkeypatch.undo()
+        return (got.float() - want.float()).abs().max().item()
+
+    for _ in range(2):  # a basis, then the next period's, the input the same tensor
+        for i in matrices:
+            path.set_basis(i, torch.randn(16, 2, device=DEVICE, dtype=DTYPE))
+        path.set_direction(torch.randn(64, device=DEVICE, dtype=DTYPE), eps=0.5, scale=1.0)
+        assert kernel_against_hooks() < 0.05
+    x.add_(3.0)  # the next forward's input: the same tensor, changed in place
+    path.set_direction(torch.randn(64, device=DEVICE, dtype=DTYPE), eps=0.5, scale=-1.0)
+    assert kernel_against_hooks() < 0.05
+    path.close()

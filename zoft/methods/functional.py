@@ -53,8 +53,8 @@ def is_plain_embedding(module: nn.Module) -> bool:
 
 
 def _siblings(model: nn.Module, index_of: dict[int, list[int]], hooked: set[int]) -> list[list[int]]:
-    """Every hooked matrix once, in groups whose x B one product takes: the plain nn.Linear
-    children of one module with one input width and dtype (q, k, v and out_proj of an attention;
+    """Every hooked matrix once, in groups whose x B one product takes: the nn.Linear children of
+    one module with one input width, dtype and device (q, k, v and out_proj of an attention;
     a LLaMA MLP's gate and up), whose bases then share a buffer; every other matrix alone. A
     group is a guess that its members read one input; `_projected` checks it at each call."""
     groups: list[list[int]] = []
@@ -65,7 +65,7 @@ def _siblings(model: nn.Module, index_of: dict[int, list[int]], hooked: set[int]
             if isinstance(child, nn.Linear) and id(child) in index_of:
                 index = index_of[id(child)][0]
                 if index not in grouped:
-                    by_input.setdefault((child.in_features, child.weight.dtype), []).append(index)
+                    by_input.setdefault((child.in_features, child.weight.dtype, child.weight.device), []).append(index)
                     grouped.add(index)
         groups.extend(by_input.values())
     return groups + [[index] for index in sorted(hooked - grouped)]
@@ -130,7 +130,7 @@ class FunctionalPath:
         self._slots: dict[int, tuple[tuple, slice]] = {}  # matrix -> its group's key, its B's columns there (`allocate`)
         self._widths: dict[tuple, int] = {}  # a group's key -> columns of its bases, each widened
         self._groups_of_many: set[tuple] = set()  # the keys of groups of two or more
-        self._shared: tuple | None = None  # (group's key, x, x B) of the last layer, for its siblings
+        self._shared: tuple | None = None  # (group's key, recording?, x, x B) of the last layer, for its siblings
         self._bias_index = {
             id(module.bias): index for index, owners in self.owners.items() for module, attr in owners
             if isinstance(module, nn.Linear) and attr == "bias"
@@ -166,6 +166,7 @@ class FunctionalPath:
         for handle in self.handles:
             handle.remove()
         self.handles = []
+        self._shared = None
 
     # ---- what the method sets ------------------------------------------------------------
     def allocate(self, order: list[int], shapes: dict[int, tuple[int, int]]) -> None:
@@ -199,8 +200,9 @@ class FunctionalPath:
         (`_siblings`), each B widened there with zero columns to a multiple of 8, so that one
         product gives x B of the whole group in rows of 16 bytes, what the linear kernel reads."""
         key, columns = self._slots[index]
+        assert basis.shape[1] <= columns.stop - columns.start, "a basis wider than its slot"
         held = self._held.get(key)
-        if held is None or (held.shape[0], held.dtype, held.device) != (basis.shape[0], basis.dtype, basis.device):
+        if held is None or (held.shape, held.dtype, held.device) != ((basis.shape[0], self._widths[key]), basis.dtype, basis.device):
             held = self._held[key] = basis.new_zeros(basis.shape[0], self._widths[key])
             self.generation = next(_generations)  # a buffer no recording has read
             for sibling, (other, _) in self._slots.items():
@@ -209,6 +211,7 @@ class FunctionalPath:
         self.basis[index] = held[:, columns.start:columns.start + basis.shape[1]]
         self.basis[index].copy_(basis)
         self._cache.clear()
+        self._shared = None  # a product of the old B
 
     def set_direction(self, direction: torch.Tensor | None, eps: float = 0.0, scale: float = 0.0, rows=None, vectors=None, shifts=None) -> None:
         """The query's A of every hooked matrix, end to end in `order` (None: no direction), and its
@@ -230,6 +233,7 @@ class FunctionalPath:
         }
         self.eps, self.scale, self.rows = eps, scale, rows
         self._cache.clear()
+        self._shared = None  # a new forward: its inputs are new tensors (or the same, changed)
 
     def clear_direction(self) -> None:
         self.set_direction(None)
@@ -297,13 +301,15 @@ class FunctionalPath:
     def _projected(self, key: tuple, x: torch.Tensor) -> torch.Tensor:
         """x times every basis of group `key`: one product, which reads x once for all of them. The
         product is kept with x until the next layer, so that a sibling called on the same tensor
-        (q, k and v on one normalized input) takes its columns from it; x is compared by identity,
-        and no module changes its input in place between its siblings' calls."""
+        (q, k and v on one normalized input) takes its columns from it: x is compared by identity
+        (no module changes its input in place between its siblings' calls), and a new basis or
+        direction, or a CUDA graph's recording, takes a product of its own."""
+        recording = self.on_gpu and torch.cuda.is_current_stream_capturing()  # a recording takes its own
         shared = self._shared
-        if shared is not None and shared[0] == key and shared[1] is x:
-            return shared[2]
+        if shared is not None and shared[:2] == (key, recording) and shared[2] is x:
+            return shared[3]
         xb = lowrank_linear.project(x, self._held[key])
-        self._shared = (key, x, xb) if key in self._groups_of_many else None
+        self._shared = (key, recording, x, xb) if key in self._groups_of_many else None
         return xb
 
     def _bias_z(self, module: nn.Module) -> torch.Tensor | None:
