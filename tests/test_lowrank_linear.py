@@ -127,15 +127,15 @@ def test_siblings_share_x_b_only_within_one_forward_and_basis(monkeypatch):
         got = model(x)
         monkeypatch.setattr(lowrank_linear, "usable", lambda *a: False)
         want = model(x)
-        monkeypatch.undo()
-        return (got.float() - want.float()).abs().max().item()
+        monkeypatch.undo()  # the error in ulps of the largest value (a stale x B: hundreds)
+        return ((got.float() - want.float()).abs().max() / (want.float().abs().max() * ULP)).item()
 
     for _ in range(2):  # a basis, then the next period's, the input the same tensor
         for i in matrices:
             path.set_basis(i, torch.randn(16, 2, device=DEVICE, dtype=DTYPE))
         path.set_direction(torch.randn(64, device=DEVICE, dtype=DTYPE), eps=0.5, scale=1.0)
-        assert kernel_against_hooks() < 0.05
+        assert kernel_against_hooks() < 4
     x.add_(3.0)  # the next forward's input: the same tensor, changed in place
     path.set_direction(torch.randn(64, device=DEVICE, dtype=DTYPE), eps=0.5, scale=-1.0)
-    assert kernel_against_hooks() < 0.05
+    assert kernel_against_hooks() < 4
     path.close()
