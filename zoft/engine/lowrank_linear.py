@@ -44,16 +44,21 @@ def reference(x, weight, bias, basis, factors, half=None, shift=None, shift_scal
     return y
 
 
+def pitch(rank: int) -> int:
+    """Columns of a `widened` basis of rank r: r rounded up to a multiple of 8, so that x times it
+    comes out in rows of 16 bytes (16-bit values), what TMA reads."""
+    return -(-rank // 8) * 8
+
+
 def widened(basis: torch.Tensor) -> torch.Tensor:
-    """B (K × r) with zero columns up to a multiple of 8: x times it comes out in rows of 16 bytes,
-    what TMA reads, and its extra columns are zeros (the functional path keeps its bases so)."""
-    return F.pad(basis, (0, -basis.shape[1] % 8))
+    """B (K × r) with zero columns up to `pitch(r)` (the functional path keeps its bases so)."""
+    return F.pad(basis, (0, pitch(basis.shape[1]) - basis.shape[1]))
 
 
 def project(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """x B as `fused` reads it: M × r' (x's rows flattened), B `widened` first where its width is
     not a multiple of 8 (a copy the functional path avoids by keeping its bases widened)."""
-    return x.reshape(-1, x.shape[-1]) @ (widened(basis) if basis.shape[1] % 8 else basis)
+    return x.reshape(-1, x.shape[-1]) @ (widened(basis) if pitch(basis.shape[1]) != basis.shape[1] else basis)
 
 
 def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from zoft.engine.lowrank_linear import pitch
+
 GIB = 2**30
 
 # profile-memory's names for (method, optimizer) pairs
@@ -175,9 +177,8 @@ def estimate(s: Shape, method: str, optimizer: str, rank: int = 2, functional: b
             # buffers its hooks (and CUDA graphs of them) read: the query's A and B per matrix (B
             # widened to a multiple of 8 columns, what the linear kernel reads), and over a doubled
             # batch the z of the tensors moved in place (taken to be the 1-D ones)
-            widened = lambda shape: -(-r(shape) // 8) * 8  # noqa: E731
             method_state += sum(shape[0] * r(shape) * 4 for shape, _ in matrices)
-            method_state += sum((shape[0] * r(shape) + cols(shape) * widened(shape)) * b for (shape, _), b in zip(matrices, drawn_bytes))
+            method_state += sum((shape[0] * r(shape) + cols(shape) * pitch(r(shape))) * b for (shape, _), b in zip(matrices, drawn_bytes))
             method_state += sum(numel(shape) * b for shape, b in vectors)
     activations = max(forward_activations(s), transient)
     return Split(weights, method_state, optimizer_state, activations)

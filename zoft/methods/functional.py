@@ -183,7 +183,7 @@ class FunctionalPath:
         for members in self._siblings:
             key, start = ("basis", members[0]), 0
             for index in members:
-                width = -(-shapes[index][1] // 8) * 8
+                width = lowrank_linear.pitch(shapes[index][1])
                 self._slots[index] = (key, slice(start, start + width))
                 start += width
             self._widths[key] = start
@@ -303,13 +303,13 @@ class FunctionalPath:
         product is kept with x until the next layer, so that a sibling called on the same tensor
         (q, k and v on one normalized input) takes its columns from it: x is compared by identity
         (no module changes its input in place between its siblings' calls), and a new basis or
-        direction, or a CUDA graph's recording, takes a product of its own."""
-        recording = self.on_gpu and torch.cuda.is_current_stream_capturing()  # a recording takes its own
+        direction, or a CUDA graph's recording, takes a product of its own (`_factors`, called
+        just before, has set `_cache_recorded` to whether one is being recorded)."""
         shared = self._shared
-        if shared is not None and shared[:2] == (key, recording) and shared[2] is x:
+        if shared is not None and shared[:2] == (key, self._cache_recorded) and shared[2] is x:
             return shared[3]
         xb = lowrank_linear.project(x, self._held[key])
-        self._shared = (key, recording, x, xb) if key in self._groups_of_many else None
+        self._shared = (key, self._cache_recorded, x, xb) if key in self._groups_of_many else None
         return xb
 
     def _bias_z(self, module: nn.Module) -> torch.Tensor | None:
