@@ -244,6 +244,16 @@ class ZOMethod(Method):
             return self.group_directions(step, query)[self.group_position[index]]
         return noise.gaussian_like(p, self.dense_keys(index, step, query), self.noise)
 
+    def dense_of(self, indices: list[int], step: int, query: int) -> dict[int, torch.Tensor]:
+        """`dense` of each tensor of `indices`, the grouped ones' z looked up in one list (a GPU
+        waits for these lookups between a step's losses and its next forward: `dense` one by one
+        took OPT-1.3B's 244 biases and norms about 0.5 ms)."""
+        views = self.group_directions(step, query) if self.group else []
+        position = self.group_position
+        return {
+            i: views[position[i]] if i in position else self.dense(i, self.params[i][1], step, query) for i in indices
+        }
+
     def add_dense(self, index: int, p: torch.Tensor, step: int, query: int, alpha: float) -> None:
         """p += alpha · z(step, query), z drawn in the same pass (no m×n temporary with triton)."""
         noise.add_gaussian_(p, alpha, self.dense_keys(index, step, query), self.noise)

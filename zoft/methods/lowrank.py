@@ -438,14 +438,11 @@ class LowRankMethod(ZOMethod):
         if self.functional is None or not self.pairs(loss_fn):
             return None
         path = self.functional
-        biases = {i: self.dense(i, self.params[i][1], step, query) for i in path.bias_indices}
-        shifts = {}
+        biases = self.dense_of(path.bias_indices, step, query)
+        shifts = self.dense_of([i for i in path.recomputed if self.is_dense(self.params[i][1])], step, query)
         for index in path.recomputed:
-            p = self.params[index][1]
-            if self.is_dense(p):
-                shifts[index] = self.dense(index, p, step, query)
-            else:
-                a, b = self.factors(index, matrix(p), step, query)
+            if index not in shifts:
+                a, b = self.factors(index, matrix(self.params[index][1]), step, query)
                 shifts[index] = (a, b.T)
         path.set_direction(self.directions(step, query), self.cfg.eps, rows=loss_fn.rows(), vectors=biases, shifts=shifts)
         return loss_fn.pair()
