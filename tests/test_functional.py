@@ -125,6 +125,30 @@ def test_the_hooks_read_the_same_buffers_from_step_to_step(tiny):
     assert path.state() != seen[0][2]
 
 
+def test_held_buffers_take_every_value_and_follow_a_new_shape(tiny):
+    """`_hold` skips its layout check for a tensor it checked in one of its last two calls (a
+    step's z and the next one's alternate between two rooms): the value is still copied each
+    call into the same buffer; a tensor of another shape gets a new buffer, and a tensor checked
+    against the old one is checked again."""
+    session, _ = session_for(tiny, *VARIANTS["lozo"], path="functional")
+    path, key = session.method.functional, ("vector", 0)
+    a, b = torch.zeros(4), torch.zeros(4)
+    places = set()
+    for value in range(3):
+        for t in (a, b):
+            t.fill_(value + (t is b) / 2)
+            held = path._hold({key: t})[key]
+            assert torch.equal(held, t)
+            places.add(held.data_ptr())
+    assert len(places) == 1
+    generation = path.generation
+    assert path._hold({key: torch.ones(6)})[key].shape == (6,)
+    assert path.generation != generation
+    b.fill_(7.0)  # held the call before the new shape
+    held = path._hold({key: b})[key]
+    assert held.shape == (4,) and torch.equal(held, b)
+
+
 def test_no_matrix_is_written_during_a_step_and_merges_happen_at_basis_changes(tiny):
     session, loss_fn = session_for(tiny, *VARIANTS["lozo"], path="functional")
     hooked = session.method.functional.hooked  # OPT's learned positions are not: they move in place
