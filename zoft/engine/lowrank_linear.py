@@ -51,14 +51,16 @@ def pitch(rank: int) -> int:
 
 
 def widened(basis: torch.Tensor) -> torch.Tensor:
-    """B (K × r) with zero columns up to `pitch(r)` (the functional path keeps its bases so)."""
-    return F.pad(basis, (0, pitch(basis.shape[1]) - basis.shape[1]))
+    """B (K × r) with zero columns up to `pitch(r)` (the functional path keeps its bases so);
+    B itself, not a copy, where r is already a multiple of 8."""
+    missing = pitch(basis.shape[1]) - basis.shape[1]
+    return F.pad(basis, (0, missing)) if missing else basis
 
 
 def project(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """x B as `fused` reads it: M × r' (x's rows flattened), B `widened` first where its width is
-    not a multiple of 8 (a copy the functional path avoids by keeping its bases widened)."""
-    return x.reshape(-1, x.shape[-1]) @ (widened(basis) if pitch(basis.shape[1]) != basis.shape[1] else basis)
+    """x B as `fused` reads it: M × r' (x's rows flattened), B `widened` first (a copy where its
+    width is not a multiple of 8, which the functional path avoids by keeping its bases widened)."""
+    return x.reshape(-1, x.shape[-1]) @ widened(basis)
 
 
 def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
