@@ -43,7 +43,7 @@ def test_exact_temporal_spectrum_matches_numpy_and_the_sketch_approximates_it():
 
 def test_subspace_overlap():
     u = top_subspace(torch.randn(20, 10, generator=torch.Generator().manual_seed(2)), 3)
-    assert subspace_overlap(u, u) == pytest.approx(1.0)
+    assert subspace_overlap(u, u) == pytest.approx(1.0, rel=1e-5)  # fp32: the SVD's basis is orthonormal to ~1e-6
     assert subspace_overlap(u, torch.linalg.qr(torch.randn(20, 3))[0]) < 0.8
 
 

@@ -46,6 +46,24 @@ def test_one_launch_adds_what_addmm_adds_to_every_matrix():
         assert one_ulp_at_most(got, want)
 
 
+def test_weights_anywhere_in_memory_get_their_sum_and_a_true_alignment_hint():
+    """Weights that are views of one buffer: the kernel is told their places and widths are
+    multiples of 16 bytes (`vector`) only when all are (a false hint is a misaligned access on a
+    GPU), and each gets addmm_'s sum either way."""
+    g = torch.Generator().manual_seed(3)
+    for starts, widths, vector in [((0, 200), (16, 24), 8), ((0, 201), (16, 24), 1), ((0, 200), (16, 20), 1)]:
+        flat = torch.randn(1000, generator=g).to(DEVICE, DTYPE)
+        weights = [flat[start:start + 8 * width].view(8, width) for start, width in zip(starts, widths)]
+        factors = [(torch.randn(8, 2, generator=g) * 0.3).to(DEVICE, DTYPE) for _ in weights]
+        bases = [(torch.randn(width, 2, generator=g) * 0.3).to(DEVICE, DTYPE) for width in widths]
+        wants = [w.clone().addmm_(a, b.T, alpha=0.5) for w, a, b in zip(weights, factors, bases)]
+        moved = lowrank_add.LowRankPass(weights, factors, bases, fused=True)
+        assert [table.vector for _, _, _, table, _ in moved.launches] == [vector]
+        moved.add_([0.5, 0.5])
+        for got, want in zip(weights, wants):
+            assert one_ulp_at_most(got, want)
+
+
 def test_matrices_the_kernel_cannot_take_go_through_addmm():
     """A transposed (non-contiguous) weight and an fp32 one beside one the kernel takes: each gets its sum."""
     (w1, a1, b1), (w2, a2, b2) = matrices([(24, 40, 2), (40, 24, 2)])

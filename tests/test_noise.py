@@ -102,6 +102,27 @@ def test_one_launch_over_many_tensors_adds_what_one_launch_each_adds():
         assert not torch.equal(b, t)
 
 
+def test_tensors_anywhere_in_memory_get_their_own_z_and_a_true_alignment_hint():
+    """The many-tensor kernel is told its tensors' places are multiples of 16 bytes (`vector`)
+    only when all are: on a GPU a false hint is a misaligned access; every tensor still gets the
+    z of its own launch, full blocks and tails alike."""
+    from zoft.engine.noise import _block_table, add_gaussian_many_
+
+    flat = torch.zeros(20000, device=KERNEL_DEVICE)
+    for starts, vector in [((0, 4100, 9000), 4), ((0, 4101, 9000), 1)]:  # fp32: 4 elements are 16 bytes
+        tensors = [flat[start:start + 4099] for start in starts]
+        table = _block_table(tuple((t.data_ptr(), t.numel(), t.dtype, t.device) for t in tensors))
+        assert table.vector == vector
+        keys = [(4, 5, 0, i, 0) for i in range(len(tensors))]
+        one_each = [t.clone() for t in tensors]
+        for t, k in zip(one_each, keys):
+            add_gaussian_(t, 0.5, k, "triton")
+        add_gaussian_many_(tensors, 0.5, keys, "triton")
+        for got, want in zip(tensors, one_each):
+            assert torch.equal(got, want)
+        flat.zero_()
+
+
 def test_two_terms_in_one_pass_add_what_two_passes_add():
     """The carried perturbation's kernel: alpha·z(k), then alpha2·z(k2), each rounded as its own pass."""
     from zoft.engine.noise import add_gaussian_many_

@@ -6,8 +6,8 @@ The in-place path of the low-rank methods makes three such passes over every mat
 2.31 ms. The kernel reads and writes each weight once, the rank-r product formed in registers
 (r FMAs an element, summed in fp32 and added to W in fp32, rounded once as addmm_ rounds), for
 every matrix of one dtype in one launch: each program looks its matrix up in small device
-tables, as the many-tensor noise kernel does (`zoft.engine.noise`). It took 2.84 ms
-(benchmarks/lowrank_add.py).
+tables, as the many-tensor noise kernel does (`zoft.engine.noise`). It took 2.02 ms
+(benchmarks/lowrank_add.py; 2.84 ms before its loads and stores of W moved 16 bytes at a time).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class LowRankPass:
                 self.by_addmm.append(i)
         tiling = tiles()
         self.launches = [
-            (members, dtype, device, _tile_table(tuple((weights[i].data_ptr(), *weights[i].shape, factors[i].shape[1]) for i in members), device, tiling),
+            (members, dtype, device, _tile_table(tuple((weights[i].data_ptr(), *weights[i].shape, factors[i].shape[1]) for i in members), dtype.itemsize, device, tiling),
              kernels.to_device(torch.tensor([
                  (factors[i].data_ptr(), bases[i].data_ptr(), *factors[i].stride(), *bases[i].stride()) for i in members
              ]), device))
@@ -75,18 +75,24 @@ class LowRankPass:
             scales = kernels.to_device(torch.tensor([alphas[i] for i in members], dtype=torch.float32), device)
             with kernels.on(device):  # a model spread over GPUs (model.device_map): each group on its own
                 _kernel()[(table.tiles,)](
-                    table.weights, layout, table.rows, table.cols, table.ranks, scales, table.matrix_of, table.tile_m_of, table.tile_n_of,
-                    DTYPE=kernels.triton_dtype(dtype), R=table.max_rank, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+                    self.weights[members[0]], table.offsets, layout, table.rows, table.cols, table.ranks, scales, table.matrix_of, table.tile_m_of, table.tile_n_of,
+                    DTYPE=kernels.triton_dtype(dtype), R=table.max_rank, BLOCK_M=block_m, BLOCK_N=block_n, VECTOR=table.vector,
+                    num_warps=warps,
                 )
 
 
 class _Tiles:
-    """Where each program works: its matrix's address, shape and rank, and a tile of it."""
+    """Where each program works: its matrix's place (elements from the first one's address), shape
+    and rank, and a tile of it; `vector`, what every place and width is a multiple of."""
 
-    def __init__(self, matrices: tuple[tuple[int, int, int, int], ...], device: torch.device, tiling: tuple[int, int, int]):
+    def __init__(self, matrices: tuple[tuple[int, int, int, int], ...], size: int, device: torch.device, tiling: tuple[int, int, int]):
         block_m, block_n, _ = tiling
         columns = list(zip(*matrices))
-        self.weights, self.rows, self.cols, self.ranks = (torch.tensor(c, dtype=torch.int64, device=device) for c in columns)
+        offsets = [(address - matrices[0][0]) // size for address in columns[0]]
+        vector = 16 // size
+        self.vector = vector if all(v % vector == 0 for v in (*offsets, *columns[2])) else 1
+        self.offsets = torch.tensor(offsets, dtype=torch.int64, device=device)
+        self.rows, self.cols, self.ranks = (torch.tensor(c, dtype=torch.int64, device=device) for c in columns[1:])
         self.max_rank = max(1, 1 << (max(columns[3]) - 1).bit_length())
         grids = [(-(-m // block_m), -(-n // block_n)) for _, m, n, _ in matrices]
         counts = [gm * gn for gm, gn in grids]
@@ -97,9 +103,9 @@ class _Tiles:
 
 
 @functools.lru_cache(maxsize=16)
-def _tile_table(matrices: tuple[tuple[int, int, int, int], ...], device: torch.device, tiling: tuple[int, int, int]) -> _Tiles:
-    """Built once per set of matrices, ranks and tiling (a method's never change; addresses identify them)."""
-    return _Tiles(matrices, device, tiling)
+def _tile_table(matrices: tuple[tuple[int, int, int, int], ...], size: int, device: torch.device, tiling: tuple[int, int, int]) -> _Tiles:
+    """Built once per set of matrices, ranks, element size and tiling (a method's never change; addresses identify them)."""
+    return _Tiles(matrices, size, device, tiling)
 
 
 def _kernel():

@@ -53,17 +53,20 @@ def lowrank_linear_kernel(
 
 @triton.jit
 def add_lowrank_many_kernel(
-    weights, factors, rows, cols, ranks, alphas, matrix_of, tile_m_of, tile_n_of,
-    DTYPE: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    base, offsets, factors, rows, cols, ranks, alphas, matrix_of, tile_m_of, tile_n_of,
+    DTYPE: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, VECTOR: tl.constexpr,
 ):
     """W_i += alpha_i · A_i B_iᵀ for many matrices of one dtype in one launch (W_i m×n contiguous,
-    A_i m×r, B_i n×r; `factors` holds each one's A and B addresses and strides): program p does
-    tile (tile_m_of[p], tile_n_of[p]) of matrix matrix_of[p], the product summed in fp32 by r
-    FMAs (R ≥ r, a power of two) and added to W in fp32, rounded once, as addmm_ rounds it."""
+    `offsets[i]` elements from `base`; A_i m×r, B_i n×r; `factors` holds each one's A and B
+    addresses and strides): program p does tile (tile_m_of[p], tile_n_of[p]) of matrix
+    matrix_of[p], the product summed in fp32 by r FMAs (R ≥ r, a power of two) and added to W in
+    fp32, rounded once, as addmm_ rounds it. Every W's offset and width is a multiple of VECTOR,
+    which lets its loads and stores move that many elements at once (an address read from a
+    table says nothing of its alignment)."""
     pid = tl.program_id(0)
     i = tl.load(matrix_of + pid)
-    m, n, r = tl.load(rows + i), tl.load(cols + i), tl.load(ranks + i)
-    w_ptr = tl.load(weights + i).to(tl.pointer_type(DTYPE))
+    m, n, r = tl.load(rows + i), tl.multiple_of(tl.load(cols + i), VECTOR), tl.load(ranks + i)
+    w_ptr = base + tl.multiple_of(tl.load(offsets + i), VECTOR)
     row = factors + i * 6  # A's address, B's, then A's strides and B's
     a_ptr, b_ptr = tl.load(row).to(tl.pointer_type(DTYPE)), tl.load(row + 1).to(tl.pointer_type(DTYPE))
     sam, sak, sbn, sbk = tl.load(row + 2), tl.load(row + 3), tl.load(row + 4), tl.load(row + 5)

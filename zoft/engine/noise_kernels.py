@@ -30,10 +30,12 @@ def _normals(seed, offset, ROUNDS: tl.constexpr, FAST: tl.constexpr):
 
 
 @triton.jit
-def _add_part(ptr, offs, n, alpha, z, alpha2, y, TWO: tl.constexpr):
+def _add_part(ptr, offs, n, alpha, z, alpha2, y, TWO: tl.constexpr, MASKED: tl.constexpr):
     """ptr += alpha·z, then (TWO) += alpha2·y, each sum rounded to the tensor's dtype as its own
-    pass would round it: two terms in one read-write, bit for bit what two passes give."""
-    mask = offs < n
+    pass would round it: two terms in one read-write, bit for bit what two passes give. Only a
+    tensor's last block needs MASKED: unmasked, loads and stores go 16 bytes at a time where the
+    address allows it."""
+    mask = offs < n if MASKED else None
     w = tl.load(ptr + offs, mask=mask)
     dtype = w.dtype
     w = (w.to(tl.float32) + alpha * z).to(dtype, fp_downcast_rounding="rtne")
@@ -44,7 +46,7 @@ def _add_part(ptr, offs, n, alpha, z, alpha2, y, TWO: tl.constexpr):
 
 @triton.jit
 def _add_block(ptr, n, seed, alpha, seed2, alpha2, block, BLOCK: tl.constexpr, ROUNDS: tl.constexpr,
-               FAST: tl.constexpr, TWO: tl.constexpr):
+               FAST: tl.constexpr, TWO: tl.constexpr, MASKED: tl.constexpr = True):
     """ptr[i] += alpha · z_i (then alpha2 · y_i, y from seed2) over block `block` of a tensor: one
     Philox call gives the normals of four elements a quarter-block apart."""
     quarter: tl.constexpr = BLOCK // 4
@@ -55,10 +57,10 @@ def _add_block(ptr, n, seed, alpha, seed2, alpha2, block, BLOCK: tl.constexpr, R
     if TWO:
         y0, y1, y2, y3 = _normals(seed2, offset, ROUNDS, FAST)
     start = block.to(tl.int64) * BLOCK + lane
-    _add_part(ptr, start, n, alpha, z0, alpha2, y0, TWO)
-    _add_part(ptr, start + quarter, n, alpha, z1, alpha2, y1, TWO)
-    _add_part(ptr, start + 2 * quarter, n, alpha, z2, alpha2, y2, TWO)
-    _add_part(ptr, start + 3 * quarter, n, alpha, z3, alpha2, y3, TWO)
+    _add_part(ptr, start, n, alpha, z0, alpha2, y0, TWO, MASKED)
+    _add_part(ptr, start + quarter, n, alpha, z1, alpha2, y1, TWO, MASKED)
+    _add_part(ptr, start + 2 * quarter, n, alpha, z2, alpha2, y2, TWO, MASKED)
+    _add_part(ptr, start + 3 * quarter, n, alpha, z3, alpha2, y3, TWO, MASKED)
 
 
 @triton.jit(do_not_specialize=["seed", "alpha"])
@@ -69,14 +71,21 @@ def add_gaussian_kernel(ptr, n, seed, alpha, BLOCK: tl.constexpr, ROUNDS: tl.con
 
 @triton.jit(do_not_specialize=["alpha", "alpha2"])
 def add_gaussian_many_kernel(
-    addresses, sizes, seeds, seeds2, tensor_of, block_of, alpha, alpha2,
-    DTYPE: tl.constexpr, BLOCK: tl.constexpr, ROUNDS: tl.constexpr, FAST: tl.constexpr, TWO: tl.constexpr,
+    base, offsets, sizes, seeds, seeds2, tensor_of, block_of, alpha, alpha2,
+    BLOCK: tl.constexpr, ROUNDS: tl.constexpr, FAST: tl.constexpr, TWO: tl.constexpr, VECTOR: tl.constexpr,
 ):
     """Many tensors of one dtype in one launch: program i does block `block_of[i]` of tensor
-    `tensor_of[i]`, with that tensor's seed (and seed2), so each tensor gets the z the one-tensor
-    kernel gives it."""
+    `tensor_of[i]`, which lies `offsets[t]` elements from `base`, with that tensor's seed (and
+    seed2), so each tensor gets the z the one-tensor kernel gives it. Every offset is a multiple
+    of VECTOR, which tells the compiler how many elements a load may move at once (an address
+    read from a table says nothing of its alignment: 2-byte loads made a pass 1.5× a bare
+    read-write of memory)."""
     pid = tl.program_id(0)
     tensor = tl.load(tensor_of + pid)
-    ptr = tl.load(addresses + tensor).to(tl.pointer_type(DTYPE))
-    _add_block(ptr, tl.load(sizes + tensor), tl.load(seeds + tensor), alpha, tl.load(seeds2 + tensor), alpha2,
-               tl.load(block_of + pid), BLOCK, ROUNDS, FAST, TWO)
+    ptr = base + tl.multiple_of(tl.load(offsets + tensor), VECTOR)
+    n, block = tl.load(sizes + tensor), tl.load(block_of + pid)
+    seed, seed2 = tl.load(seeds + tensor), tl.load(seeds2 + tensor)
+    if (block + 1) * BLOCK <= n:
+        _add_block(ptr, n, seed, alpha, seed2, alpha2, block, BLOCK, ROUNDS, FAST, TWO, False)
+    else:
+        _add_block(ptr, n, seed, alpha, seed2, alpha2, block, BLOCK, ROUNDS, FAST, TWO, True)
