@@ -85,7 +85,7 @@ def add_gaussian_many_kernel(
     ptr = base + tl.multiple_of(tl.load(offsets + tensor), VECTOR)
     n, block = tl.load(sizes + tensor), tl.load(block_of + pid)
     seed, seed2 = tl.load(seeds + tensor), tl.load(seeds2 + tensor)
-    if (block + 1) * BLOCK <= n:
+    if (block.to(tl.int64) + 1) * BLOCK <= n:  # a full block (int64: a tensor may pass 2**31 elements)
         _add_block(ptr, n, seed, alpha, seed2, alpha2, block, BLOCK, ROUNDS, FAST, TWO, False)
     else:
         _add_block(ptr, n, seed, alpha, seed2, alpha2, block, BLOCK, ROUNDS, FAST, TWO, True)
