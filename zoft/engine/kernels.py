@@ -48,6 +48,16 @@ def programs_of(counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     return owner, within
 
 
+def places(addresses: list[int], size: int, widths: tuple[int, ...] = ()) -> tuple[list[int], int]:
+    """Where a many-item kernel finds its items: each address as an offset in elements (of `size`
+    bytes) from the first, and the vector every offset and width is a multiple of: 16 bytes' worth
+    of elements where all are, else 1. Told so (`tl.multiple_of`), a kernel moves 16 bytes a load;
+    from an address read out of a table it can assume nothing and moves one element."""
+    offsets = [(address - addresses[0]) // size for address in addresses]
+    vector = 16 // size
+    return offsets, vector if all(v % vector == 0 for v in (*offsets, *widths)) else 1
+
+
 @functools.cache
 def kernel(module: str, name: str):
     """Kernel `name` of `module`, imported on first use (so TRITON_INTERPRET set by then is

@@ -88,9 +88,7 @@ class _Tiles:
     def __init__(self, matrices: tuple[tuple[int, int, int, int], ...], size: int, device: torch.device, tiling: tuple[int, int, int]):
         block_m, block_n, _ = tiling
         columns = list(zip(*matrices))
-        offsets = [(address - matrices[0][0]) // size for address in columns[0]]
-        vector = 16 // size
-        self.vector = vector if all(v % vector == 0 for v in (*offsets, *columns[2])) else 1
+        offsets, self.vector = kernels.places(list(columns[0]), size, widths=columns[2])
         self.offsets = torch.tensor(offsets, dtype=torch.int64, device=device)
         self.rows, self.cols, self.ranks = (torch.tensor(c, dtype=torch.int64, device=device) for c in columns[1:])
         self.max_rank = max(1, 1 << (max(columns[3]) - 1).bit_length())

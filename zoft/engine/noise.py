@@ -91,12 +91,10 @@ class _Blocks:
     first tensor's address) and size, and a block of it; `vector`, what every place is a multiple of."""
 
     def __init__(self, tensors: tuple[tuple[int, int, torch.dtype, torch.device], ...]):
-        first, _, dtype, device = tensors[0]
-        size = dtype.itemsize
+        _, _, dtype, device = tensors[0]
         counts = [-(-numel // BLOCK) for _, numel, _, _ in tensors]
         self.blocks = sum(counts)
-        offsets = [(address - first) // size for address, *_ in tensors]
-        self.vector = 16 // size if all(offset % (16 // size) == 0 for offset in offsets) else 1
+        offsets, self.vector = kernels.places([address for address, *_ in tensors], dtype.itemsize)
         self.offsets = torch.tensor(offsets, dtype=torch.int64, device=device)
         self.sizes = torch.tensor([numel for _, numel, *_ in tensors], dtype=torch.int64, device=device)
         self.tensor_of, self.block_of = (table.to(device) for table in kernels.programs_of(counts))
