@@ -37,6 +37,7 @@ import torch
 from zoft.config.loader import load_recipe
 from zoft.config.methods import METHOD_CONFIGS
 from zoft.engine import lowrank_linear
+from zoft.engine.graphs import one_stream
 from zoft.engine.objective import BatchLoss
 from zoft.engine.profiling import forward_passes, graphed, measure_built, run_steps, synthetic_batch
 from zoft.engine.trainer import prepare_model
@@ -106,46 +107,47 @@ def bench_shape(
         variants = [v for v in variants if VARIANTS[v][0] in ("lozo", "subzo", "tezo") and VARIANTS[v][2].get("path") != "inplace"]
         shape = f"{shape} ({quantization} base)"
     device = next(model.parameters()).device
-    weights = torch.cuda.memory_allocated(device)
-    rows = []
-    for batch in batches:
-        objective, data = synthetic_batch(model.config.vocab_size, batch, seq, device)
-        loss_fn = BatchLoss(objective, model, data)
-        base = run_steps(lambda step: forward_passes(loss_fn), steps, device, weights, lambda: 0)
-        rows.append({"shape": shape, "batch": batch, "row": "forward", **base})
-        pair = run_steps(lambda step: forward_passes(loss_fn, 2), steps, device, weights, lambda: 0)
-        rows.append({"shape": shape, "batch": batch, "row": "two forwards", **pair})
-        doubled = run_steps(lambda step: doubled_forward(loss_fn), steps, device, weights, lambda: 0)
-        rows.append({"shape": shape, "batch": batch, "row": "doubled forward", **doubled})
-        if graphs:
-            replayed = graphed(loss_fn)
-            pair = run_steps(lambda step: forward_passes(replayed, 2), steps, device, weights, lambda: 0, count_warm_up=True)
-            rows.append({"shape": shape, "batch": batch, "row": "two forwards (CUDA graph)", **pair})
-            doubled = run_steps(lambda step: doubled_forward(replayed), steps, device, weights, lambda: 0, count_warm_up=True)
-            rows.append({"shape": shape, "batch": batch, "row": "doubled forward (CUDA graph)", **doubled})
-            del replayed
-        if quantization == "none":
-            try:
-                ref = run_steps(lambda step: reference_mezo_step(params, loss_fn, step), steps, device, weights, lambda: 0)
-            except torch.OutOfMemoryError:
-                ref = {"oom": True}
-            rows.append({"shape": shape, "batch": batch, "row": "reference MeZO", **ref})
-        for label in variants:
-            name, optimizer, keys = VARIANTS[label]
-            cfg = METHOD_CONFIGS.get(name, "")(**keys)
-            optim = dataclasses.replace(recipe.optim, name=optimizer, lr=1e-9)
-            row = {"shape": shape, "batch": batch, "row": label}
+    with one_stream(device):  # as training runs: recordings and eager work share a cuBLAS workspace
+        weights = torch.cuda.memory_allocated(device)
+        rows = []
+        for batch in batches:
+            objective, data = synthetic_batch(model.config.vocab_size, batch, seq, device)
+            loss_fn = BatchLoss(objective, model, data)
+            base = run_steps(lambda step: forward_passes(loss_fn), steps, device, weights, lambda: 0)
+            rows.append({"shape": shape, "batch": batch, "row": "forward", **base})
+            pair = run_steps(lambda step: forward_passes(loss_fn, 2), steps, device, weights, lambda: 0)
+            rows.append({"shape": shape, "batch": batch, "row": "two forwards", **pair})
+            doubled = run_steps(lambda step: doubled_forward(loss_fn), steps, device, weights, lambda: 0)
+            rows.append({"shape": shape, "batch": batch, "row": "doubled forward", **doubled})
+            if graphs:
+                replayed = graphed(loss_fn)
+                pair = run_steps(lambda step: forward_passes(replayed, 2), steps, device, weights, lambda: 0, count_warm_up=True)
+                rows.append({"shape": shape, "batch": batch, "row": "two forwards (CUDA graph)", **pair})
+                doubled = run_steps(lambda step: doubled_forward(replayed), steps, device, weights, lambda: 0, count_warm_up=True)
+                rows.append({"shape": shape, "batch": batch, "row": "doubled forward (CUDA graph)", **doubled})
+                del replayed
+            if quantization == "none":
+                try:
+                    ref = run_steps(lambda step: reference_mezo_step(params, loss_fn, step), steps, device, weights, lambda: 0)
+                except torch.OutOfMemoryError:
+                    ref = {"oom": True}
+                rows.append({"shape": shape, "batch": batch, "row": "reference MeZO", **ref})
+            for label in variants:
+                name, optimizer, keys = VARIANTS[label]
+                cfg = METHOD_CONFIGS.get(name, "")(**keys)
+                optim = dataclasses.replace(recipe.optim, name=optimizer, lr=1e-9)
+                row = {"shape": shape, "batch": batch, "row": label}
 
-            def build():
-                method = METHODS.get(name, "")(params, cfg, optim, 0, steps_per_epoch=1000, max_steps=1000, model=model)
-                row["path"] = "functional" if getattr(method, "functional", None) is not None else "in place"
-                if graphs and method.forward_state() is not None:
-                    row["path"] += ", graph"
-                return method
+                def build():
+                    method = METHODS.get(name, "")(params, cfg, optim, 0, steps_per_epoch=1000, max_steps=1000, model=model)
+                    row["path"] = "functional" if getattr(method, "functional", None) is not None else "in place"
+                    if graphs and method.forward_state() is not None:
+                        row["path"] += ", graph"
+                    return method
 
-            result = measure_built(build, params, loss_fn, steps, device, weights, graphs)  # sets row["path"]
-            rows.append({**row, **result})
-            print(json.dumps(rows[-1]), flush=True)
+                result = measure_built(build, params, loss_fn, steps, device, weights, graphs)  # sets row["path"]
+                rows.append({**row, **result})
+                print(json.dumps(rows[-1]), flush=True)
     model = params = None  # free the weights before the next shape (the closures above are done with them)
     gc.collect()
     torch.cuda.empty_cache()

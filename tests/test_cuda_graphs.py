@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from zoft.data.tasks import Example
-from zoft.engine.graphs import BUCKET, LossGraphs
+from zoft.engine.graphs import BUCKET, LossGraphs, one_stream, recording_stream
 from zoft.engine.objective import OBJECTIVES, encode
 from zoft.models.tiny import build_tiny
 from zoft.tracking.metrics import read_metrics
@@ -41,6 +41,27 @@ def test_a_graphed_loss_equals_the_eager_one_and_sees_in_place_weight_changes():
         torch.testing.assert_close(graphs.loss(long), objective.loss(model, long), rtol=1e-5, atol=1e-6)
     assert short.input_ids.shape[1] <= BUCKET < long.input_ids.shape[1]
     assert len(graphs.recorded) == 2  # `short` and `other` share a bucket, `long` has its own
+
+
+def test_eager_forwards_and_recordings_in_one_stream_share_a_cublas_workspace():
+    """As training runs: eager work on the recording stream, so that a recording takes no cuBLAS
+    workspace of its own (32 MiB on an H100) beside the eager forwards' one."""
+    model, tok = build_tiny("tiny:llama-32x2", seed=0)
+    model.cuda().eval()
+    objective, graphs = OBJECTIVES["classify"], LossGraphs(OBJECTIVES["classify"], model)
+    batch = sentiment_batch(tok, ["a dull plot . It was", "fine acting . It was"])
+    torch.cuda.synchronize()
+    torch._C._cuda_clearCublasWorkspaces()  # those of earlier tests' streams: each stream then takes its own anew
+    with one_stream(torch.device("cuda")), torch.inference_mode():
+        assert torch.cuda.current_stream() == recording_stream(torch.cuda.current_device())
+        eager = objective.loss(model, batch)
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        replayed = graphs.loss(batch)
+        torch.cuda.synchronize()
+        assert torch.cuda.memory_allocated() - before < 2**20  # the held inputs and output
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+    torch.testing.assert_close(replayed, eager, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("keys", [

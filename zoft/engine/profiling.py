@@ -11,7 +11,7 @@ import torch
 
 from zoft.config.methods import METHOD_CONFIGS, load_rank_file
 from zoft.config.schema import Recipe
-from zoft.engine.graphs import LossGraphs
+from zoft.engine.graphs import LossGraphs, one_stream
 from zoft.engine.memory import GIB, VARIANTS, Split, estimate, forward_estimate, meta_model, shape_of
 from zoft.engine.objective import OBJECTIVES, BatchLoss, Encoded
 from zoft.errors import ZoftError
@@ -76,14 +76,15 @@ def measure(recipe: Recipe, variants: list[str], batch: int, seq: int, steps: in
     torch.cuda.empty_cache()
     model, _, params = prepare_model(recipe, recipe.run.seed)
     device = next(model.parameters()).device
-    weights = torch.cuda.memory_allocated(device)
-    objective, data = synthetic_batch(model.config.vocab_size, batch, seq, device)
-    loss_fn = BatchLoss(objective, model, data)
-    results = {"forward": run_steps(lambda step: forward_passes(loss_fn), steps, device, weights, lambda: 0)}
-    for variant in variants:
-        build = lambda: method_for(recipe, variant, params, recipe.run.seed, model)  # noqa: E731
-        results[variant] = measure_built(build, params, loss_fn, steps, device, weights, recipe.train.cuda_graphs is not False)
-    return results
+    with one_stream(device):  # as training runs: recordings and eager work share a cuBLAS workspace
+        weights = torch.cuda.memory_allocated(device)
+        objective, data = synthetic_batch(model.config.vocab_size, batch, seq, device)
+        loss_fn = BatchLoss(objective, model, data)
+        results = {"forward": run_steps(lambda step: forward_passes(loss_fn), steps, device, weights, lambda: 0)}
+        for variant in variants:
+            build = lambda: method_for(recipe, variant, params, recipe.run.seed, model)  # noqa: E731
+            results[variant] = measure_built(build, params, loss_fn, steps, device, weights, recipe.train.cuda_graphs is not False)
+        return results
 
 
 def measure_built(build, params, loss_fn, steps: int, device, weights: int, graphs: bool = False) -> dict:

@@ -23,7 +23,7 @@ from zoft.data.loading import sample_splits, with_demonstrations
 from zoft.data.tasks import TASKS, Task
 from zoft.engine import checkpoint
 from zoft.engine.distributed import init_world
-from zoft.engine.graphs import LossGraphs
+from zoft.engine.graphs import LossGraphs, one_stream
 from zoft.engine.memory import Peaks
 from zoft.engine.objective import OBJECTIVES, BatchLoss, Encoded, Objective, encode
 from zoft.engine.report import Reporter
@@ -342,6 +342,11 @@ class Trainer:
         recipe = self.recipe
         resume_from = self._prepare_run_dir()
         session = build_session(recipe)
+        with one_stream(session.device):  # a recording's stream, eager work included: one cuBLAS workspace
+            return self._run(session, resume_from)
+
+    def _run(self, session: Session, resume_from: Path | str | None) -> dict:
+        recipe = self.recipe
         state = {
             "best_dev": None, "best_step": None, "elapsed_s": 0.0, "zero_shot": {},
             "lr_scale": 1.0, "rollbacks": 0, "loss_ema": None, "ema_steps": 0, "bad_steps": 0,
