@@ -125,6 +125,29 @@ def test_the_hooks_read_the_same_buffers_from_step_to_step(tiny):
     assert path.state() != seen[0][2]
 
 
+@pytest.mark.parametrize("variant", ["lozo", "subzo", "tezo"])
+@pytest.mark.parametrize("model", ["tiny:opt-32x2", "tiny:llama-32x2"])
+def test_a_querys_factors_and_a_periods_bases_are_kept_once(tiny, variant, model):
+    """The hooks' directions are the method's A as it made them, not a copy, and what the method
+    keeps of a period's B is the hooks' copy (OPT-1.3B at SubZO's rank 8: 7 MiB each at a step's
+    peak); OPT's learned positions, moved in place, come after the hooked matrices."""
+    session, loss_fn = session_for(tiny, *VARIANTS[variant], model=model, path="functional")
+    method, path = session.method, session.method.functional
+    step = 0
+    while int(method.acc_period) == 0:  # until a second period's bases are on the hooks
+        method.step(loss_fn, step, 1e-2)
+        step += 1
+    period = int(method.acc_period)
+    assert method.period(step) == period
+    made = [method.factors(index, method.like(index), step, 0)[0] for index in path.order]
+    directions = method.directions(step, 0)
+    assert directions.data_ptr() == made[0].data_ptr()
+    assert torch.equal(directions, torch.cat([a.reshape(-1) for a in made]))
+    for index in path.hooked:
+        kept = method.basis_of(index, method.like(index), period)
+        assert kept.data_ptr() == path.basis[index].data_ptr() and kept.shape == path.basis[index].shape
+
+
 def test_held_buffers_take_every_value_and_follow_a_new_shape(tiny):
     """`_hold` skips its layout check for a tensor it checked in one of its last two calls (a
     step's z and the next one's alternate between two rooms): the value is still copied each

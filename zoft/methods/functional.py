@@ -462,8 +462,16 @@ class _SwappedForward:
 
 def concatenated(tensors: list[torch.Tensor]) -> torch.Tensor:
     """The tensors flattened end to end by one launch: ops on the result then replace a
-    multi-tensor op over two dtypes, or a cast of each tensor, which take a launch per tensor."""
-    return torch.cat([t.reshape(-1) for t in tensors])
+    multi-tensor op over two dtypes, or a cast of each tensor, which take a launch per tensor.
+    Tensors that already lie end to end in one buffer (a method's factors made together) give
+    that part of it, a view, not a copy: read it, do not write it."""
+    first, position = tensors[0], tensors[0].storage_offset()
+    storage = first.untyped_storage().data_ptr()
+    for t in tensors:
+        if t.storage_offset() != position or t.dtype != first.dtype or not t.is_contiguous() or t.untyped_storage().data_ptr() != storage:
+            return torch.cat([t.reshape(-1) for t in tensors])
+        position += t.numel()
+    return first.as_strided((position - first.storage_offset(),), (1,))
 
 
 def split_like(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:

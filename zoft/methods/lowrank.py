@@ -38,6 +38,7 @@ class Plan(NamedTuple):
 
 class LowRankMethod(ZOMethod):
     update_reads_factors = False  # whether `update_factors` reads a segment's `flat_factors` (LOZO's U), not only the folded undo
+    products_by_group = False  # whether a query's A come from one product a shape group (`group_products`: TeZO, SubZO)
 
     def __init__(self, *args, **kwargs):
         self._periodic: dict[int, tuple[int, object]] = {}  # parameter -> (period, what `periodic` drew)
@@ -113,12 +114,45 @@ class LowRankMethod(ZOMethod):
     def shape_groups(self) -> list[list[int]]:
         """The matrices by (device, dtype, rows, rank): a group's first factors stack into one
         (G, m, r) tensor (`stacked_first`), so that a step's products by them are one launch a
-        group, not one a matrix (OPT-1.3B: 3 groups of its 146 matrices)."""
+        group, not one a matrix (OPT-1.3B: 3 groups of its 146 matrices). Groups with a matrix
+        off the functional path's hooks (OPT's learned positions) come last, so that the hooked
+        matrices' A lie together in `factor_order`."""
         by_shape: dict[tuple, list[int]] = {}
         for index in self.ranks:
             like = self.like(index)
             by_shape.setdefault((self.params[index][1].device, like.dtype, like.shape[0], self.rank(index)), []).append(index)
-        return list(by_shape.values())
+        return sorted(by_shape.values(), key=lambda group: any(self.off_hooks(index) for index in group))
+
+    @functools.cached_property
+    def factor_order(self) -> list[int]:
+        """The matrices in the order a query's A are made, end to end: by shape group where they
+        come from a product a group (`group_products`), else `ranks`' order (LOZO's U, drawn at
+        once), the functional path's hooked matrices first either way. Its `order` follows this
+        one, so that a query's directions there are those A as made, not a copy (`concatenated`)."""
+        if self.products_by_group:
+            return [index for group in self.shape_groups for index in group]
+        return sorted(self.ranks, key=self.off_hooks)
+
+    def group_products(self, fill: Callable[[int, list[int], torch.Tensor], None]) -> dict[int, torch.Tensor]:
+        """A (m×r) of every matrix, views of one buffer a segment laid out in `factor_order`:
+        `fill(k, group, out)` writes shape group k's products into `out`, (G, m, r), its part of
+        the buffer (no per-group result to copy in afterwards)."""
+        totals: dict[tuple, int] = {}  # (device, dtype) -> elements
+        for group in self.shape_groups:
+            like = self.like(group[0])
+            key = (like.device, like.dtype)
+            totals[key] = totals.get(key, 0) + len(group) * like.shape[0] * self.rank(group[0])
+        flats = {key: torch.empty(total, device=key[0], dtype=key[1]) for key, total in totals.items()}
+        filled = dict.fromkeys(flats, 0)
+        views = {}
+        for k, group in enumerate(self.shape_groups):
+            like = self.like(group[0])
+            key, shape = (like.device, like.dtype), (len(group), like.shape[0], self.rank(group[0]))
+            out = flats[key][filled[key]:filled[key] + shape[0] * shape[1] * shape[2]].view(shape)
+            fill(k, group, out)
+            views.update(zip(group, out.unbind()))
+            filled[key] += out.numel()
+        return views
 
     def stacked_first(self, period: int, pair: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
         """The first of each matrix's periodic pair `pair(index, period)` (TeZO's U, SubZO's P)
@@ -207,7 +241,8 @@ class LowRankMethod(ZOMethod):
     def _start_accumulators(self) -> None:
         """Zero factor accumulators and the current period's bases on the functional path's hooks,
         the matrices ordered by rank scale so that SGD adds each scale's A by one launch."""
-        order = sorted(self.functional.hooked, key=lambda index: (self.rank_scale(index), index))
+        position = {index: k for k, index in enumerate(self.factor_order)}
+        order = sorted(self.functional.hooked, key=lambda index: (self.rank_scale(index), position[index]))
         self.functional.allocate(order, {index: (self.like(index).shape[0], self.rank(index)) for index in order})
         self._hooked_by_scale = {}
         for index in order:
@@ -271,6 +306,10 @@ class LowRankMethod(ZOMethod):
         if self._alone is None:
             self._alone = [(i, name, p) for i, (name, p) in enumerate(self.params) if not self.grouped(p) and not self.hooked(i)]
         return self._alone
+
+    def off_hooks(self, index: int) -> bool:
+        """Whether matrix `index` is moved in place while the functional path hooks others."""
+        return self.functional is not None and index not in self.functional.hooked
 
     def hooked(self, index: int) -> bool:
         """Whether parameter `index` goes through the functional path's hooks (not written in steps)."""
@@ -530,6 +569,16 @@ class LowRankMethod(ZOMethod):
             self._load_bases()
 
     def _load_bases(self) -> None:
-        """Put the basis B of period `acc_period` on the hooks."""
+        """Put the basis B of period `acc_period` on the hooks; what `periodic` keeps then holds
+        the hooks' copy of B in place of its own (one copy, not two: SubZO's Q at rank 8 is
+        6.8 MiB on OPT-1.3B)."""
+        period, drawn = int(self.acc_period), {}
         for index in sorted(self.functional.hooked):
-            self.functional.set_basis(index, self.basis_of(index, self.like(index), int(self.acc_period)))
+            drawn[index] = self.basis_of(index, self.like(index), period)
+            self.functional.set_basis(index, drawn[index])
+        for index, basis in drawn.items():  # after every set_basis: a group's buffer may be made anew by its first
+            kept, held = self._periodic.get(index), self.functional.basis[index]
+            if kept is not None and kept[0] == period:
+                parts = kept[1] if isinstance(kept[1], tuple) else (kept[1],)
+                shared = tuple(held if part is basis else part for part in parts)
+                self._periodic[index] = (period, shared if isinstance(kept[1], tuple) else shared[0])

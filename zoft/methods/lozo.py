@@ -39,8 +39,8 @@ class LOZO(LowRankMethod):
         return gaussian((w.shape[1], self.rank(index)), w, self.seed, k, index, BASIS)
 
     def u(self, index: int, w: torch.Tensor, step: int, query: int) -> torch.Tensor:
-        """U (m×r) of (step, query): every matrix's drawn at once (`fresh`)."""
-        shapes = lambda: [(i, (self.like(i).shape[0], self.rank(i))) for i in self.ranks]  # noqa: E731
+        """U (m×r) of (step, query): every matrix's drawn at once (`fresh`), in `factor_order`."""
+        shapes = lambda: [(i, (self.like(i).shape[0], self.rank(i))) for i in self.factor_order]  # noqa: E731
         return self.drawn(("u", query), step, lambda: self.fresh_factors("u", step, query, shapes()))[index]
 
     def period(self, step: int) -> int:

@@ -18,6 +18,8 @@ from zoft.methods.lowrank import LowRankMethod
 
 @METHODS.register("subzo")
 class SubZO(LowRankMethod):
+    products_by_group = True
+
     def period(self, step: int) -> int:
         return step // self.cfg.update_interval
 
@@ -46,14 +48,15 @@ class SubZO(LowRankMethod):
     def products(self, step: int, query: int) -> dict[int, torch.Tensor]:
         """A = sqrt(mn)/r · P S of every matrix at (step, query), made once: a batched product and a
         scaling a group of one P shape (`stacked_first`), where a product and a scaling a matrix
-        queued 292 small kernels on OPT-1.3B between a step's forwards and its update."""
+        queued 292 small kernels on OPT-1.3B between a step's forwards and its update; written
+        into one buffer (`group_products`)."""
         def make():
-            period, out = self.period(step), {}
-            for group, p in zip(self.shape_groups, self.stacked_first(period, lambda i, k: self.subspace(i, self.like(i), k))):
+            stacked = self.stacked_first(self.period(step), lambda i, k: self.subspace(i, self.like(i), k))
+
+            def fill(k: int, group: list[int], out: torch.Tensor) -> None:
                 s = torch.stack([self.s(i, self.like(i), step, query) for i in group])
-                scales = self.group_scales(group)
-                out.update(zip(group, (torch.bmm(p, s) * scales).to(p.dtype).unbind()))
-            return out
+                torch.mul(torch.bmm(stacked[k], s), self.group_scales(group), out=out)  # in fp32, rounded once into `out`
+            return self.group_products(fill)
         return self.drawn(("a", query), step, make)
 
     def group_scales(self, group: list[int]) -> torch.Tensor:

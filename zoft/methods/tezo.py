@@ -18,6 +18,8 @@ from zoft.methods.lowrank import LowRankMethod
 
 @METHODS.register("tezo")
 class TeZO(LowRankMethod):
+    products_by_group = True
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         devices = {self.params[index][1].device for index in self.ranks}
@@ -26,15 +28,14 @@ class TeZO(LowRankMethod):
                 f"optim.name: tezo's {self.optim.name} keeps every matrix's coefficients in one buffer, and model.device_map "
                 f"put its matrices on {len(devices)} devices; use optim.name=sgd or one GPU"
             )
-        # the coefficients of a U shape group (`shape_groups`) consecutive in the buffers (every
-        # matrix's r of them end to end), so that a group's U diag(c) is one launch
-        self.coefficient_order = [index for group in self.shape_groups for index in group]
         self.coefficient_moments: dict[str, torch.Tensor] = {}  # "m" (and "v" for Adam): every matrix's moments end to end
         self.factor_moments: dict[str, torch.Tensor] = {}  # views of `coefficient_moments`, saved by name
-        sizes = [self.rank(index) for index in self.coefficient_order]
+        # the coefficients of a U shape group consecutive in the buffers (`factor_order`: every
+        # matrix's r of them end to end), so that a group's U diag(c) is one launch
+        sizes = [self.rank(index) for index in self.factor_order]
         for key in {"momentum": ["m"], "adam": ["m", "v"]}.get(self.optim.name, []):
             self.coefficient_moments[key] = torch.zeros(sum(sizes), dtype=torch.float32, device=next(iter(devices), None))
-            for index, part in zip(self.coefficient_order, self.coefficient_moments[key].split(sizes)):
+            for index, part in zip(self.factor_order, self.coefficient_moments[key].split(sizes)):
                 self.factor_moments[f"{key}.{self.params[index][0]}"] = part
 
     def period(self, step: int) -> int:
@@ -55,8 +56,8 @@ class TeZO(LowRankMethod):
         return self.basis(index, w, period)[1]
 
     def tau(self, index: int, w: torch.Tensor, step: int, query: int) -> torch.Tensor:
-        """τ (r) of (step, query): every matrix's drawn at once (`fresh`), in `coefficient_order`."""
-        shapes = lambda: [(i, (self.rank(i),)) for i in self.coefficient_order]  # noqa: E731
+        """τ (r) of (step, query): every matrix's drawn at once (`fresh`), in `factor_order`."""
+        shapes = lambda: [(i, (self.rank(i),)) for i in self.factor_order]  # noqa: E731
         return self.drawn(("tau", query), step, lambda: self.fresh_factors("tau", step, query, shapes()))[index]
 
     def factors(self, index, w, step, query):
@@ -64,19 +65,20 @@ class TeZO(LowRankMethod):
 
     def products(self, step: int, query: int) -> dict[int, torch.Tensor]:
         """A = U diag(τ) of every matrix at (step, query), made once: one product a U shape group
-        (`stacked_first`), not one a matrix."""
+        (`stacked_first`), not one a matrix, into one buffer (`group_products`)."""
         def make():
-            out = {}
-            for group, u in zip(self.shape_groups, self.stacked_u(self.period(step))):
+            stacked = self.stacked_u(self.period(step))
+
+            def fill(k: int, group: list[int], out: torch.Tensor) -> None:
                 taus = torch.stack([self.tau(i, self.like(i), step, query) for i in group])
-                out.update(zip(group, (u * taus[:, None, :]).unbind()))
-            return out
+                torch.mul(stacked[k], taus[:, None, :], out=out)
+            return self.group_products(fill)
         return self.drawn(("a", query), step, make)
 
     def flat_taus(self, step: int, query: int) -> torch.Tensor:
-        """τ of every matrix at (step, query), end to end in `coefficient_order` (fp32), made once a
+        """τ of every matrix at (step, query), end to end in `factor_order` (fp32), made once a
         query (ahead, by `prefetch`)."""
-        return self.drawn(("taus", query), step, lambda: torch.cat([self.tau(i, self.like(i), step, query) for i in self.coefficient_order]).float())
+        return self.drawn(("taus", query), step, lambda: torch.cat([self.tau(i, self.like(i), step, query) for i in self.factor_order]).float())
 
     def prefetch(self, step: int) -> None:
         super().prefetch(step)
@@ -85,7 +87,7 @@ class TeZO(LowRankMethod):
 
     def update_factors(self, step, grads, lr):
         """U diag(c) of every matrix, c = Σ_q g_q τ_q / Q (or its momentum or Adam step) times −η
-        and the rank scale: the coefficients of all matrices in one buffer (`coefficient_order`), a few launches
+        and the rank scale: the coefficients of all matrices in one buffer (`factor_order`), a few launches
         for the optimizer and one per U shape for the products, where a multi-tensor launch over
         146 tensors of r numbers cost the host about 0.5 ms (OPT-1.3B, H100)."""
         coeffs = combine([[self.flat_taus(step, q)] for q in range(len(grads))], grads)[0]
@@ -98,7 +100,7 @@ class TeZO(LowRankMethod):
             products.append((u * scaled).reshape(-1))  # fp32, the group's matrices end to end
             offset += size
         flat = torch.cat(products)
-        return [self.gathered(flat, self.coefficient_order, segment) for segment in self.segments]
+        return [self.gathered(flat, self.factor_order, segment) for segment in self.segments]
 
     def factor_step(self, coeffs: torch.Tensor, step: int) -> torch.Tensor:
         """Momentum or Adam on the coefficients c_t = g_t τ_t of every matrix at once (one
