@@ -254,7 +254,7 @@ def test_auto_times_both_paths_on_the_first_batch_and_a_resume_keeps_the_choice(
     assert session.method.paths() == ["functional", "inplace"]
     trainer._choose_path(session, Batcher(session.train, 4, 0), 0)
     event = [r for r in read_metrics(run_dir(tiny) / "metrics.jsonl") if r.get("event") == "path"][0]
-    assert event["path"] == min(("functional", "inplace"), key=lambda p: event[f"{p}_ms"])
+    assert event[f"{event['path']}_ms"] == min(event["functional_ms"], event["inplace_ms"])  # logged to 0.1 ms: ties
     assert (session.method.functional is not None) == (event["path"] == "functional")
     assert session.method.paths() == []  # chosen once
     state = {k: v.clone() for k, v in session.method.state_dict().items()}
