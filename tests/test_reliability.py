@@ -198,9 +198,9 @@ def test_kill_9_at_any_moment_loses_only_work_since_the_last_checkpoint(tiny, tm
         seen = len(metrics.read_text().splitlines()) if metrics.exists() else 0
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60
-        while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) <= seen):
+        while time.time() < deadline and proc.poll() is None and (not metrics.exists() or len(metrics.read_text().splitlines()) <= seen):
             time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 0.3))
+        time.sleep(rng.uniform(0.0, 0.05))  # a tiny step takes milliseconds: a longer wait let the run end before its third kill
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
