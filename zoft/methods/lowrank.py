@@ -20,7 +20,7 @@ import torch
 from zoft.config.methods import load_rank_file
 from zoft.engine import lowrank_add
 from zoft.errors import ZoftError
-from zoft.methods.base import Pending, ZOMethod, matrix
+from zoft.methods.base import Pending, ZOMethod, flat_like, matrix
 from zoft.methods.functional import FunctionalPath, Unsupported, concatenated
 from zoft.models.quantize import is_quantized, logical_shape
 
@@ -134,24 +134,18 @@ class LowRankMethod(ZOMethod):
         return sorted(self.ranks, key=self.off_hooks)
 
     def group_products(self, fill: Callable[[int, list[int], torch.Tensor], None]) -> dict[int, torch.Tensor]:
-        """A (m×r) of every matrix, views of one buffer a segment laid out in `factor_order`:
-        `fill(k, group, out)` writes shape group k's products into `out`, (G, m, r), its part of
-        the buffer (no per-group result to copy in afterwards)."""
-        totals: dict[tuple, int] = {}  # (device, dtype) -> elements
-        for group in self.shape_groups:
-            like = self.like(group[0])
-            key = (like.device, like.dtype)
-            totals[key] = totals.get(key, 0) + len(group) * like.shape[0] * self.rank(group[0])
-        flats = {key: torch.empty(total, device=key[0], dtype=key[1]) for key, total in totals.items()}
-        filled = dict.fromkeys(flats, 0)
+        """A (m×r) of every matrix, views of one buffer a segment laid out in `factor_order`
+        (`flat_like`): `fill(k, group, out)` writes shape group k's products into `out`, (G, m, r),
+        its part of the buffer (no per-group result to copy in afterwards)."""
+        likes = [self.like(group[0]) for group in self.shape_groups]
+        _, outs = flat_like([
+            torch.empty((), dtype=like.dtype, device=like.device).expand(len(group), like.shape[0], self.rank(group[0]))
+            for group, like in zip(self.shape_groups, likes)
+        ])
         views = {}
-        for k, group in enumerate(self.shape_groups):
-            like = self.like(group[0])
-            key, shape = (like.device, like.dtype), (len(group), like.shape[0], self.rank(group[0]))
-            out = flats[key][filled[key]:filled[key] + shape[0] * shape[1] * shape[2]].view(shape)
+        for k, (group, out) in enumerate(zip(self.shape_groups, outs)):
             fill(k, group, out)
             views.update(zip(group, out.unbind()))
-            filled[key] += out.numel()
         return views
 
     def stacked_first(self, period: int, pair: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
